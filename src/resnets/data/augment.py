@@ -1,0 +1,64 @@
+"""Batched augmentation and normalisation of uint8 image tensors."""
+
+import torch
+import torch.nn.functional as F
+
+from ..errors import UserError
+from .datasets import ArrayDataset
+
+
+def pad_crop_flip(images: torch.Tensor, pad: int, flip: bool, generator: torch.Generator) -> torch.Tensor:
+    """The paper's CIFAR augmentation for a whole (B, C, H, W) batch at once.
+
+    Zero-pads `pad` pixels on each side, takes a random H x W crop per image (offsets uniform in [0, 2*pad])
+    and, if `flip`, mirrors each image left-right with probability 1/2. Draws, in this order, B row offsets,
+    B column offsets, then B flip decisions from `generator`, so a generator state fixes the result.
+    """
+    if pad == 0 and not flip:
+        return images
+    b, _, h, w = images.shape
+    g = generator.device  # draw where the generator lives, then index where the images live
+    rows = torch.randint(0, 2 * pad + 1, (b, 1), generator=generator, device=g) + torch.arange(h, device=g)
+    cols = torch.randint(0, 2 * pad + 1, (b, 1), generator=generator, device=g) + torch.arange(w, device=g)
+    if flip:
+        mirror = torch.rand(b, 1, generator=generator, device=g) < 0.5
+        cols = torch.where(mirror, cols.flip(1), cols)  # reading columns right to left mirrors the crop
+    rows, cols = rows.to(images.device), cols.to(images.device)
+    batch = torch.arange(b, device=images.device)[:, None, None]
+    padded = F.pad(images, (pad, pad, pad, pad)).permute(0, 2, 3, 1)  # (B, H+2p, W+2p, C): gather whole pixels
+    return padded[batch, rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2).contiguous()
+
+
+def normalize(images_uint8: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    """float32 (x / 255 - mean) / std; mean and std broadcast against (C, H, W)."""
+    x = images_uint8.float().div_(255)
+    return x.sub_(mean.to(x.device)).div_(std.to(x.device))
+
+
+def _channel_moments(images: torch.Tensor, chunk: int = 4096) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-channel mean and E[x^2] of uint8 images in [0, 1], in float64, chunk by chunk to bound memory."""
+    total = torch.zeros(images.shape[1], dtype=torch.float64)
+    squares = torch.zeros_like(total)
+    for part in images.split(chunk):
+        x = part.double() / 255
+        total += x.sum((0, 2, 3))
+        squares += x.square().sum((0, 2, 3))
+    count = images.shape[0] * images.shape[2] * images.shape[3]
+    return total / count, squares / count
+
+
+def normalization_stats(ds: ArrayDataset, mode: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """(mean, std) for `normalize`, computed on `ds` (use the training split only).
+
+    "pixel_mean": the paper's per-pixel mean subtraction, mean is the (C, H, W) mean image, std is 1.
+    "channel": per-channel mean and standard deviation, shapes (C, 1, 1).
+    """
+    c = ds.images.shape[1]
+    if mode == "pixel_mean":
+        mean = ds.images.sum(0, dtype=torch.float64) / (255 * len(ds))
+        return mean.float(), torch.ones(c, 1, 1)
+    if mode == "channel":
+        mean, mean_sq = _channel_moments(ds.images)
+        std = (mean_sq - mean.square()).clamp_min(0).sqrt()
+        return mean.float().view(c, 1, 1), std.float().view(c, 1, 1)
+    raise UserError(f"unknown normalisation {mode!r}; use pixel_mean or channel")
