@@ -3,9 +3,15 @@
 import argparse
 import json
 import sys
+import time
 import traceback
+from pathlib import Path
+
+import torch
 
 from .errors import UserError
+
+DEFAULT_RECIPE = "digits/resnet20"  # the embedded default: trains anywhere, no download
 
 
 def cmd_summary(args) -> None:
@@ -26,6 +32,57 @@ def cmd_summary(args) -> None:
         print(markdown_table(summaries))
 
 
+def cmd_train(args) -> None:
+    from .config import help_keys, list_recipes, load_config
+    from .train import train
+
+    if args.help_keys:
+        print(help_keys())
+        return
+    if args.list_recipes:
+        print("\n".join(list_recipes()))
+        return
+    if args.resume:
+        run_dir = Path(args.resume)
+        if not (run_dir / "config.toml").is_file():
+            raise UserError(f"{run_dir} is not a run directory (no config.toml)")
+        if args.recipe:
+            raise UserError("--resume continues a run with its own config.toml; drop --recipe")
+        cfg = load_config(run_dir / "config.toml", args.overrides)
+        train(cfg, run_dir, resume=True)
+        return
+    recipe = args.recipe or DEFAULT_RECIPE
+    cfg = load_config(recipe, args.overrides)
+    run_dir = Path(args.out) if args.out else Path("runs") / f"{Path(recipe).stem}-{time.strftime('%Y%m%d-%H%M%S')}"
+    train(cfg, run_dir)
+
+
+def cmd_eval(args) -> None:
+    from . import checkpoint
+    from .data import load_eval_set
+    from .evaluate import evaluate, match_classes
+    from .train import pick_device, use_bf16
+
+    ckpt = checkpoint.load(args.checkpoint)
+    model = checkpoint.build_model(ckpt)
+    pre = ckpt["preprocessing"]
+    ds = load_eval_set(args.data, pre["input_size"] if Path(args.data).is_dir() else 0)
+    if ds.images.shape[1:] != (pre["in_channels"], pre["input_size"], pre["input_size"]):
+        raise UserError(f"{args.data} holds {tuple(ds.images.shape[1:])} images but the model takes "
+                        f"{(pre['in_channels'], pre['input_size'], pre['input_size'])}")
+    ds = match_classes(ds, ckpt["classes"])
+    device = pick_device(args.device)
+    bf16 = use_bf16(args.precision, device)
+    model = model.to(device).to(memory_format=torch.channels_last)
+    result = evaluate(model, ds, pre["mean"].to(device), pre["std"].to(device), device, bf16)
+    result = {k: result[k] for k in ("top1_error", "top5_error", "images", "loss")}
+    if args.json:
+        print(json.dumps(result))
+    else:
+        print(f"{result['images']} images: top-1 error {result['top1_error']:.2%}, "
+              f"top-5 error {result['top5_error']:.2%}, loss {result['loss']:.4f}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="resnets", description=__doc__)
     parser.add_argument("--debug", action="store_true", help="show the full traceback of an error")
@@ -36,6 +93,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--input-size", type=int, default=None, help="input side in pixels (default 224 / 32)")
     p.add_argument("--json", action="store_true", help="print JSON (one object for one name)")
     p.set_defaults(func=cmd_summary)
+
+    p = jobs.add_parser("train", help="train a network with a recipe (default: ResNet-20 on the embedded digits)")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="override recipe keys, e.g. optim.lr=0.05")
+    p.add_argument("--recipe", help=f"packaged recipe name or a .toml path (default {DEFAULT_RECIPE})")
+    p.add_argument("--out", help="run directory (default runs/<recipe>-<time>)")
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its newest checkpoint")
+    p.add_argument("--help-keys", action="store_true", help="list every config key with its default")
+    p.add_argument("--list-recipes", action="store_true", help="list the packaged recipes")
+    p.set_defaults(func=cmd_train)
+
+    p = jobs.add_parser("eval", help="top-1 / top-5 error of a checkpoint on a dataset")
+    p.add_argument("checkpoint", help="a checkpoint file or a run directory (its newest checkpoint)")
+    p.add_argument("--data", required=True, help="'digits', a CIFAR archive/folder (test split) or an image folder")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--precision", default="fp32", choices=("auto", "bf16", "fp32"))
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=cmd_eval)
     return parser
 
 

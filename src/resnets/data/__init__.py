@@ -23,3 +23,7 @@ __all__ = [
     "scan_folder",
     "split_validation",
 ]
+
+from .sources import load_eval_set, load_splits, load_train_val  # noqa: E402
+
+__all__ += ["load_eval_set", "load_splits", "load_train_val"]

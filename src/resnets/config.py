@@ -1,0 +1,225 @@
+"""Typed training configs: recipe files (TOML) plus `key=value` overrides, checked against dataclasses."""
+
+import difflib
+import tomllib
+import typing
+from dataclasses import MISSING, asdict, dataclass, field, fields
+from importlib import resources
+from pathlib import Path
+
+from .errors import UserError
+from .models import ResNetConfig, model_config
+
+
+@dataclass
+class ModelSection:
+    name: str = "resnet20"
+    options: dict = field(default_factory=dict)  # any ResNetConfig field, e.g. {shortcut = "B"}
+
+
+@dataclass
+class DataSection:
+    path: str = "digits"  # the embedded digits, a CIFAR archive/folder, or a root/<class>/<image> folder
+    val_split: int = 0  # hold out this many training images for validation (0: use the test split)
+    split_seed: int = 0  # which images are held out; the same (val_split, split_seed) always picks the same
+    pad: int = 4  # the paper's CIFAR augmentation: zero-pad 4 pixels, random crop back to size ...
+    flip: bool = True  # ... and a random horizontal flip
+    image_size: int = 0  # image folders: resize + centre-crop every image to this side (0: keep, all equal)
+    normalize: str = "pixel_mean"  # the paper subtracts the per-pixel mean; "channel" = per-channel mean/std
+    cache_dir: str = "~/.cache/resnets"  # decoded image folders are kept here
+
+
+@dataclass
+class OptimSection:
+    batch_size: int = 128
+    lr: float = 0.1  # for batch_size images per step
+    momentum: float = 0.9
+    nesterov: bool = False
+    weight_decay: float = 1e-4
+    label_smoothing: float = 0.0
+
+
+@dataclass
+class ScheduleSection:
+    kind: str = "step"  # step (the paper) | cosine | onecycle
+    iterations: int = 64_000
+    milestones: list[int] = field(default_factory=lambda: [32_000, 48_000])  # step: lr /= 10 at each
+    gamma: float = 0.1
+    warmup_iterations: int = 0
+    # "constant": lr * warmup_factor during warm-up, then the schedule (the paper's ResNet-110: 0.01 then 0.1);
+    # "linear": ramp from lr * warmup_factor up to lr.
+    warmup: str = "constant"
+    warmup_factor: float = 0.1
+
+
+@dataclass
+class RunSection:
+    seed: int = 0
+    eval_every: int = 1000  # iterations between evaluations, log lines and checkpoints
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    precision: str = "auto"  # auto (bf16 where the hardware has it) | bf16 | fp32
+    channels_last: bool = True
+    compile: bool = False  # measured: torch.compile slows CPU training of these nets (benchmarks/train_speed.py)
+    keep_checkpoints: int = 2
+    tensorboard: bool = False
+
+
+@dataclass
+class Config:
+    model: ModelSection = field(default_factory=ModelSection)
+    data: DataSection = field(default_factory=DataSection)
+    optim: OptimSection = field(default_factory=OptimSection)
+    schedule: ScheduleSection = field(default_factory=ScheduleSection)
+    run: RunSection = field(default_factory=RunSection)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def model_config(self, num_classes: int, in_channels: int) -> ResNetConfig:
+        return model_config(self.model.name, num_classes, in_channels=in_channels, **self.model.options)
+
+
+SECTIONS = {f.name: f.type for f in fields(Config)}
+CHOICES = {
+    "schedule.kind": ("step", "cosine", "onecycle"),
+    "schedule.warmup": ("constant", "linear"),
+    "data.normalize": ("pixel_mean", "channel"),
+    "run.precision": ("auto", "bf16", "fp32"),
+}
+
+
+def _all_keys() -> list[str]:
+    return [f"{s}.{f.name}" for s, cls in SECTIONS.items() for f in fields(cls)]
+
+
+def _suggest(key: str) -> str:
+    by_name = {k.split(".")[1]: k for k in _all_keys()}
+    close = difflib.get_close_matches(key, _all_keys(), n=3, cutoff=0.6)
+    close += [by_name[n] for n in difflib.get_close_matches(key.split(".")[-1], by_name, n=3, cutoff=0.6)]
+    close = list(dict.fromkeys(close))[:3]
+    return f"; did you mean {', '.join(close)}?" if close else "; see `resnets train --help-keys`"
+
+
+def _check_type(key: str, value, annotation):
+    """The value converted to the declared type, or a UserError naming the key and the type wanted."""
+    origin = typing.get_origin(annotation)
+    if origin is list:
+        (item,) = typing.get_args(annotation)
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            value = [value]  # milestones=32000 means [32000]
+        if not isinstance(value, list):
+            raise UserError(f"{key} must be a list, got {value!r}")
+        return [_check_type(key, v, item) for v in value]
+    if annotation is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    wanted = dict if origin is dict else annotation
+    if not isinstance(value, wanted) or (wanted is int and isinstance(value, bool)):
+        raise UserError(f"{key} must be {getattr(wanted, '__name__', wanted)}, got {value!r}")
+    allowed = CHOICES.get(key)
+    if allowed and value not in allowed:
+        raise UserError(f"{key}={value!r} is not one of {', '.join(allowed)}")
+    return value
+
+
+def _set(cfg: Config, key: str, value) -> None:
+    section_name, _, name = key.partition(".")
+    if section_name == "model" and name not in ("name", "options"):
+        # model.<field> sets a ResNetConfig field (model.shortcut=B, model.zero_init_last=true).
+        if name not in ResNetConfig.field_names():
+            close = difflib.get_close_matches(name, ResNetConfig.field_names(), n=3)
+            raise UserError(f"unknown model option {name!r}" + (f"; did you mean {', '.join(close)}?" if close else ""))
+        cfg.model.options[name] = value
+        return
+    section = getattr(cfg, section_name, None) if section_name in SECTIONS else None
+    types_ = {f.name: f.type for f in fields(section)} if section is not None else {}
+    if name not in types_:
+        raise UserError(f"unknown config key {key!r}{_suggest(key)}")
+    setattr(section, name, _check_type(key, value, types_[name]))
+
+
+def _flatten(table: dict, prefix: str = "") -> dict:
+    flat = {}
+    for key, value in table.items():
+        full = f"{prefix}{key}"
+        if isinstance(value, dict) and full != "model.options":
+            flat.update(_flatten(value, full + "."))
+        else:
+            flat[full] = value
+    return flat
+
+
+def _resolve_key(key: str) -> str:
+    """`lr` -> `optim.lr` when exactly one section has such a key."""
+    if "." in key:
+        return key
+    matches = [k for k in _all_keys() if k.split(".")[1] == key]
+    if len(matches) == 1:
+        return matches[0]
+    if not matches and key in ResNetConfig.field_names():
+        return f"model.{key}"
+    raise UserError(f"unknown config key {key!r}{_suggest(key)}" if not matches
+                    else f"{key!r} is ambiguous: write one of {', '.join(matches)}")
+
+
+def parse_value(text: str):
+    """A command-line value read as a TOML literal (0.1, true, [1, 2], "x"); bare words stay strings."""
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        if "," in text:  # milestones=32000,48000
+            return [parse_value(part) for part in text.split(",")]
+        return text
+
+
+def recipe_path(recipe: str) -> Path:
+    """A recipe file: a path, or a name of the packaged recipes such as `cifar10/resnet20`."""
+    path = Path(recipe)
+    if path.is_file():
+        return path
+    packaged = resources.files("resnets") / "recipes" / f"{recipe.removesuffix('.toml')}.toml"
+    if packaged.is_file():
+        return Path(str(packaged))
+    names = list_recipes()
+    close = difflib.get_close_matches(recipe, names, n=3, cutoff=0.5)
+    hint = f"; did you mean {', '.join(close)}?" if close else f"; packaged recipes: {', '.join(names)}"
+    raise UserError(f"no recipe {recipe!r}{hint}")
+
+
+def list_recipes() -> list[str]:
+    root = Path(str(resources.files("resnets") / "recipes"))
+    return sorted(str(p.relative_to(root).with_suffix("")) for p in root.rglob("*.toml"))
+
+
+def load_config(recipe: str | None = None, overrides: list[str] | dict = ()) -> Config:
+    """Defaults, then the recipe file, then `key=value` overrides; every key and type is checked."""
+    cfg = Config()
+    if recipe is not None:
+        path = recipe_path(recipe)
+        try:
+            table = tomllib.loads(path.read_text())
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+            raise UserError(f"recipe {path} is not valid TOML: {e}") from None
+        for key, value in _flatten(table).items():
+            _set(cfg, key, value)
+    items = overrides.items() if isinstance(overrides, dict) else [_split(o) for o in overrides]
+    for key, value in items:
+        _set(cfg, _resolve_key(key), parse_value(value) if isinstance(value, str) else value)
+    cfg.model_config(num_classes=10, in_channels=3)  # fails now, not after loading data, on a bad model option
+    return cfg
+
+
+def _split(override: str) -> tuple[str, str]:
+    key, sep, value = override.partition("=")
+    if not sep or not key:
+        raise UserError(f"expected key=value, got {override!r}")
+    return key.strip(), value.strip()
+
+
+def help_keys() -> str:
+    lines = []
+    for section, cls in SECTIONS.items():
+        for f in fields(cls):
+            default = f.default if f.default_factory is MISSING else f.default_factory()
+            lines.append(f"{section}.{f.name} = {default!r}")
+    lines.append("model.<option> = any of " + ", ".join(ResNetConfig.field_names()))
+    return "\n".join(lines)

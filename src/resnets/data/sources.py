@@ -1,0 +1,52 @@
+"""Which dataset a path names, and the train / validation / test splits a run uses."""
+
+from pathlib import Path
+
+from ..errors import UserError
+from .datasets import ArrayDataset, load_cifar, load_digits, load_folder, split_validation
+
+DIGITS = "digits"
+
+
+def _is_cifar(path: Path) -> bool:
+    names = {path.name} | ({p.name for p in path.iterdir()} if path.is_dir() else set())
+    cifar = {"cifar-10-python.tar.gz", "cifar-100-python.tar.gz", "cifar-10-batches-py", "cifar-100-python",
+             "batches.meta", "meta", "data_batch_1"}
+    return bool(names & cifar) or path.name.endswith((".tar.gz", ".tgz"))
+
+
+def _folder(path: Path, image_size: int, cache_dir: str) -> ArrayDataset:
+    return load_folder(path, image_size or None, Path(cache_dir).expanduser() if cache_dir else None)
+
+
+def load_splits(path: str, image_size: int = 0, cache_dir: str = "") -> tuple[ArrayDataset, ArrayDataset | None]:
+    """(train, test) for a data path; test is None when the path has no separate test/val part."""
+    if path == DIGITS:
+        return load_digits()
+    if not path:
+        raise UserError("no data: set data.path to a CIFAR archive or folder, an image folder, or 'digits'")
+    root = Path(path).expanduser()
+    if not root.exists():
+        raise UserError(f"data path {root} does not exist")
+    if _is_cifar(root):
+        return load_cifar(root, train=True), load_cifar(root, train=False)
+    if (root / "train").is_dir():
+        val = next((root / name for name in ("val", "test") if (root / name).is_dir()), None)
+        return _folder(root / "train", image_size, cache_dir), val and _folder(val, image_size, cache_dir)
+    return _folder(root, image_size, cache_dir), None
+
+
+def load_train_val(data) -> tuple[ArrayDataset, ArrayDataset]:
+    """The training set and the set validated on, as a DataSection asks."""
+    train, test = load_splits(data.path, data.image_size, data.cache_dir)
+    if data.val_split:
+        return split_validation(train, data.val_split, data.split_seed)
+    if test is None:
+        raise UserError(f"{data.path} has no val/ or test/ part; hold out training images with data.val_split=N")
+    return train, test
+
+
+def load_eval_set(path: str, image_size: int = 0, cache_dir: str = "") -> ArrayDataset:
+    """What `resnets eval --data PATH` measures: the test split, or a plain folder as a whole."""
+    train, test = load_splits(path, image_size, cache_dir)
+    return test if test is not None else train

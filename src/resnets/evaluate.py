@@ -1,0 +1,43 @@
+"""Top-1 / top-5 error of a model on an in-memory dataset."""
+
+import contextlib
+
+import torch
+import torch.nn.functional as F
+
+from .data import ArrayDataset, InMemoryLoader, normalize
+from .errors import UserError
+
+
+def autocast(device: torch.device, bf16: bool):
+    return torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
+
+
+@torch.no_grad()
+def evaluate(model, ds: ArrayDataset, mean, std, device, bf16: bool = False, batch_size: int = 500) -> dict:
+    """{"loss", "top1_error", "top5_error", "images"} of `model` (put in eval mode here) on `ds`."""
+    was_training = model.training
+    model.eval()
+    k = min(5, model.config.num_classes)
+    loss = top1 = topk = 0.0
+    for images, labels in InMemoryLoader(ds, batch_size, shuffle=False).epoch(0):
+        x = normalize(images.to(device), mean, std).contiguous(memory_format=torch.channels_last)
+        labels = labels.to(device)
+        with autocast(device, bf16):
+            logits = model(x).float()
+        loss += F.cross_entropy(logits, labels, reduction="sum").item()
+        hits = logits.topk(k, 1).indices == labels[:, None]  # (B, k)
+        top1 += (~hits[:, 0]).sum().item()
+        topk += (~hits.any(1)).sum().item()
+    model.train(was_training)
+    n = len(ds)
+    return {"loss": loss / n, "top1_error": top1 / n, "top5_error": topk / n, "images": n}
+
+
+def match_classes(ds: ArrayDataset, classes: list[str]) -> ArrayDataset:
+    """`ds` relabelled into a checkpoint's class order, matching class folders by name."""
+    unknown = [c for c in ds.classes if c not in classes]
+    if unknown:
+        raise UserError(f"classes {', '.join(unknown[:5])} are not among the model's {len(classes)} classes")
+    index = torch.tensor([classes.index(c) for c in ds.classes])
+    return ArrayDataset(ds.images, index[ds.labels], list(classes))

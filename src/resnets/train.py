@@ -1,0 +1,191 @@
+"""train(cfg, run_dir): the paper's training loop, readable top to bottom.
+
+A run directory holds config.toml (the resolved config), metrics.jsonl (one line per evaluation),
+iter-NNNNNNN.pt checkpoints (the newest few) and curves.png. `resume=True` continues a run from its
+newest checkpoint to the configured end; on CPU the result is bit-identical to an uninterrupted run,
+because every random choice is a function of (seed, epoch, batch) and the checkpoint holds the rest.
+"""
+
+import json
+import math
+import time
+from functools import partial
+from pathlib import Path
+
+import tomli_w
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from . import checkpoint
+from .config import Config
+from .data import InMemoryLoader, load_train_val, normalization_stats, normalize
+from .errors import UserError
+from .evaluate import autocast, evaluate
+from .models import ResNet
+from .plots import plot_curves
+from .schedule import lr_factor
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"run.device={name} but no CUDA device is available; use run.device=cpu")
+    return torch.device(name)
+
+
+def use_bf16(precision: str, device: torch.device) -> bool:
+    """bf16 autocast where the hardware does bf16 natively: AMX / AVX512-BF16 CPUs and recent GPUs."""
+    if precision != "auto":
+        return precision == "bf16"
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    return torch.cpu._is_amx_tile_supported() or torch.cpu._is_avx512_bf16_supported()
+
+
+def train(cfg: Config, run_dir: Path, resume: bool = False) -> dict:
+    """Train as `cfg` says, writing into `run_dir`; returns the last evaluation's metrics."""
+    run_dir = Path(run_dir)
+    torch.manual_seed(cfg.run.seed)
+    device = pick_device(cfg.run.device)
+    bf16 = use_bf16(cfg.run.precision, device)
+
+    train_set, val_set = load_train_val(cfg.data)
+    mean, std = normalization_stats(train_set, cfg.data.normalize)
+    mean, std = mean.to(device), std.to(device)
+    in_channels, size = train_set.images.shape[1], train_set.images.shape[2]
+    model = ResNet(cfg.model_config(len(train_set.classes), in_channels)).to(device)
+    if cfg.run.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    step_model = torch.compile(model) if cfg.run.compile else model
+
+    # The paper decays every weight (Caffe's default), BN included; so do we.
+    optimizer = torch.optim.SGD(model.parameters(), lr=cfg.optim.lr, momentum=cfg.optim.momentum,
+                                nesterov=cfg.optim.nesterov, weight_decay=cfg.optim.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, partial(lr_factor, cfg.schedule))
+    loader = InMemoryLoader(train_set, cfg.optim.batch_size, shuffle=True, pad=cfg.data.pad, flip=cfg.data.flip,
+                            seed=cfg.run.seed, drop_last=True)
+    if len(loader) == 0:
+        raise UserError(f"batch_size {cfg.optim.batch_size} exceeds the {len(train_set)} training images")
+    preprocessing = {"mean": mean.cpu(), "std": std.cpu(), "input_size": size, "in_channels": in_channels}
+
+    iteration, history = 0, []
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if resume:
+        iteration, history = _restore(run_dir, cfg, model, optimizer, scheduler)
+    else:
+        if checkpoint.checkpoints(run_dir):
+            raise UserError(f"{run_dir} already holds a run; resume it with --resume or choose another --out")
+        (run_dir / "config.toml").write_text(tomli_w.dumps(cfg.to_dict()))
+    metrics_file = run_dir / "metrics.jsonl"
+    metrics_file.write_text("".join(json.dumps(m) + "\n" for m in history))  # drops lines past the checkpoint
+
+    total = cfg.schedule.iterations
+    print(f"training {cfg.model.name} on {len(train_set)} images ({len(train_set.classes)} classes), validating on "
+          f"{len(val_set)}; {total} iterations of {cfg.optim.batch_size} on {device}"
+          f"{' in bf16' if bf16 else ''}; run directory {run_dir}")
+    model.train()
+    loss_sum = errors_sum = seen = 0
+    interval_start, interval_images = time.perf_counter(), 0
+    while iteration < total:
+        epoch, start = divmod(iteration, len(loader))
+        bar = tqdm(loader.epoch(epoch, start), initial=start, total=len(loader), desc=f"epoch {epoch + 1}",
+                   leave=False, disable=None, unit="batch")
+        for images, labels in bar:
+            images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
+            x = normalize(images, mean, std)
+            if cfg.run.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            with autocast(device, bf16):
+                logits = step_model(x).float()
+            loss = F.cross_entropy(logits, labels, label_smoothing=cfg.optim.label_smoothing)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            iteration += 1
+
+            loss_sum += loss.detach() * len(labels)
+            errors_sum += (logits.argmax(1) != labels).sum()
+            seen += len(labels)
+            interval_images += len(labels)
+            if iteration % 10 == 0 and not bar.disable:
+                rate = interval_images / (time.perf_counter() - interval_start)
+                bar.set_postfix(loss=f"{loss.item():.3f}", err=f"{errors_sum.item() / seen:.1%}",
+                                img_s=f"{rate:.0f}", eta=_duration((total - iteration) * len(labels) / rate))
+
+            if iteration % cfg.run.eval_every == 0 or iteration == total:
+                rate = interval_images / (time.perf_counter() - interval_start)
+                train_loss = (loss_sum / seen).item()
+                if not math.isfinite(train_loss):
+                    bar.close()
+                    raise UserError(f"the training loss became {train_loss} before iteration {iteration}; lower "
+                                    f"optim.lr (the last good checkpoint is kept in {run_dir})")
+                val = evaluate(model, val_set, mean, std, device, bf16)
+                history.append({
+                    "iteration": iteration, "epoch": round(iteration / len(loader), 3),
+                    "lr": cfg.optim.lr * lr_factor(cfg.schedule, iteration - 1), "train_loss": train_loss,
+                    "train_error": (errors_sum / seen).item(), "val_loss": val["loss"],
+                    "val_top1_error": val["top1_error"], "val_top5_error": val["top5_error"],
+                    "images_per_s": round(rate, 1),
+                    "wall_s": round((history[-1]["wall_s"] if history else 0) + time.perf_counter() - interval_start, 2),
+                })
+                _log(history[-1], total, bar)
+                with metrics_file.open("a") as f:
+                    f.write(json.dumps(history[-1]) + "\n")
+                _save(run_dir, cfg, model, optimizer, scheduler, iteration, history, train_set.classes,
+                      preprocessing)
+                plot_curves(history, run_dir / "curves.png", title=f"{cfg.model.name}")
+                loss_sum = errors_sum = seen = 0
+                interval_start, interval_images = time.perf_counter(), 0
+            if iteration == total:
+                break
+        bar.close()
+    return history[-1] if history else {}
+
+
+def _log(m: dict, total: int, bar) -> None:
+    bar.write(f"iter {m['iteration']:>6}/{total} epoch {m['epoch']:7.2f} lr {m['lr']:.4g} | train loss "
+              f"{m['train_loss']:.4f} err {m['train_error']:6.2%} | val loss {m['val_loss']:.4f} top-1 err "
+              f"{m['val_top1_error']:6.2%} top-5 err {m['val_top5_error']:6.2%} | {m['images_per_s']:.0f} img/s")
+
+
+def _duration(seconds: float) -> str:
+    h, rest = divmod(int(seconds), 3600)
+    return f"{h}:{rest // 60:02d}:{rest % 60:02d}"
+
+
+def _save(run_dir, cfg, model, optimizer, scheduler, iteration, history, classes, preprocessing) -> None:
+    state = {
+        "format": checkpoint.FORMAT, "iteration": iteration, "config": cfg.to_dict(),
+        "model_config": model.config.to_dict(), "model": model.state_dict(), "classes": list(classes),
+        "preprocessing": preprocessing, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+        "rng": torch.get_rng_state(), "history": history,
+    }
+    checkpoint.save_atomic(state, run_dir / f"iter-{iteration:07d}.pt")
+    for old in checkpoint.checkpoints(run_dir)[: -cfg.run.keep_checkpoints]:
+        old.unlink()
+
+
+def _restore(run_dir, cfg, model, optimizer, scheduler) -> tuple[int, list[dict]]:
+    """Load the newest readable checkpoint (falling back past damaged ones) into the live objects."""
+    found = checkpoint.checkpoints(run_dir)
+    if not found:
+        raise UserError(f"nothing to resume in {run_dir}: it holds no checkpoint")
+    for path in reversed(found):
+        try:
+            state = checkpoint.load(path)
+            break
+        except UserError as e:
+            print(f"warning: {e}; trying the previous checkpoint")
+    else:
+        raise UserError(f"no readable checkpoint in {run_dir}")
+    if state["config"] != cfg.to_dict():
+        raise UserError(f"{path} was written with a different config; resume with the run's own config.toml")
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    torch.set_rng_state(state["rng"])
+    print(f"resuming {run_dir} from iteration {state['iteration']} ({path.name})")
+    return state["iteration"], state["history"]

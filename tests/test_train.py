@@ -1,0 +1,224 @@
+import json
+import math
+
+import pytest
+import tomli_w
+import torch
+
+from resnets import checkpoint
+from resnets.cli import main
+from resnets.config import ScheduleSection, list_recipes, load_config
+from resnets.errors import UserError
+from resnets.schedule import lr_factor
+from resnets.train import train
+
+from .fakedata import make_cifar_archive, make_image_folder
+
+
+def tiny(**overrides):
+    """ResNet-20 on the embedded digits for a few iterations: seconds, not minutes."""
+    base = {"schedule.iterations": 24, "schedule.milestones": [16], "run.eval_every": 8, "run.keep_checkpoints": 5}
+    return load_config("digits/resnet20", {**base, **overrides})
+
+
+def test_paper_step_schedule():
+    s = load_config("cifar10/resnet20", {"data.path": "x"}).schedule
+    lrs = {it: 0.1 * lr_factor(s, it) for it in (0, 31_999, 32_000, 47_999, 48_000, 63_999)}
+    assert lrs == pytest.approx({0: 0.1, 31_999: 0.1, 32_000: 0.01, 47_999: 0.01, 48_000: 0.001, 63_999: 0.001})
+
+
+def test_resnet110_warmup_goes_back_to_0_1():
+    s = load_config("cifar10/resnet110").schedule
+    assert 0.1 * lr_factor(s, 0) == pytest.approx(0.01) and 0.1 * lr_factor(s, 399) == pytest.approx(0.01)
+    assert 0.1 * lr_factor(s, 400) == pytest.approx(0.1) and 0.1 * lr_factor(s, 32_000) == pytest.approx(0.01)
+
+
+def test_cosine_and_onecycle_with_linear_warmup():
+    s = ScheduleSection(kind="cosine", iterations=1000, warmup_iterations=100, warmup="linear", warmup_factor=0.0)
+    assert lr_factor(s, 0) == 0 and lr_factor(s, 50) == pytest.approx(0.5) and lr_factor(s, 100) == pytest.approx(1)
+    assert lr_factor(s, 550) == pytest.approx(0.5) and lr_factor(s, 999) < 1e-4
+    s.kind = "onecycle"
+    assert lr_factor(s, 550) == pytest.approx(0.5) and lr_factor(s, 1000) == pytest.approx(0)
+
+
+@pytest.mark.parametrize("recipe", list_recipes())
+def test_every_recipe_loads(recipe):
+    cfg = load_config(recipe, {"data.path": "somewhere"})
+    assert cfg.model_config(10, 3).num_classes == 10
+
+
+def test_table6_recipes_are_the_papers():
+    for depth in (20, 32, 44, 56, 110, 1202):
+        cfg = load_config(f"cifar10/resnet{depth}")
+        assert (cfg.optim.batch_size, cfg.optim.lr, cfg.optim.momentum, cfg.optim.weight_decay) == (128, 0.1, 0.9, 1e-4)
+        assert (cfg.schedule.iterations, cfg.schedule.milestones) == (64_000, [32_000, 48_000])
+        assert (cfg.data.pad, cfg.data.flip, cfg.model_config(10, 3).shortcut) == (4, True, "A")
+        assert not cfg.optim.nesterov and cfg.optim.label_smoothing == 0 and cfg.schedule.kind == "step"
+
+
+def test_overrides_are_typed_and_checked():
+    cfg = load_config(None, ["lr=0.05", "schedule.milestones=10,20", "model.shortcut=B", "flip=false"])
+    assert cfg.optim.lr == 0.05 and cfg.schedule.milestones == [10, 20] and cfg.data.flip is False
+    assert cfg.model_config(10, 3).shortcut == "B"
+    with pytest.raises(UserError, match="optim.lr must be float"):
+        load_config(None, ["lr=fast"])
+    with pytest.raises(UserError, match="did you mean optim.momentum"):
+        load_config(None, ["optim.momentun=0.9"])
+    with pytest.raises(UserError, match="did you mean .*shortcut"):
+        load_config(None, ["model.shortcuts=B"])
+    with pytest.raises(UserError, match="schedule.kind='linear' is not one of"):
+        load_config(None, ["schedule.kind=linear"])
+    with pytest.raises(UserError, match="unknown model"):
+        load_config(None, ["model.name=resnet21"])
+
+
+def test_resolved_config_is_a_recipe(tmp_path):
+    cfg = load_config("cifar10/resnet110", ["data.path=/data", "lr=0.2"])
+    (tmp_path / "c.toml").write_text(tomli_w.dumps(cfg.to_dict()))
+    assert load_config(tmp_path / "c.toml").to_dict() == cfg.to_dict()
+
+
+def test_train_writes_a_complete_run(tmp_path, capsys):
+    result = train(tiny(), tmp_path / "run")
+    run = tmp_path / "run"
+    lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [m["iteration"] for m in lines] == [8, 16, 24]
+    keys = {"iteration", "epoch", "lr", "train_loss", "train_error", "val_loss", "val_top1_error",
+            "val_top5_error", "images_per_s", "wall_s"}
+    assert all(keys <= m.keys() for m in lines) and lines[-1] == result
+    assert lines[-1]["lr"] == pytest.approx(0.01) and lines[0]["lr"] == pytest.approx(0.1)
+    assert (run / "curves.png").stat().st_size > 1000 and (run / "config.toml").is_file()
+    assert [p.name for p in checkpoint.checkpoints(run)] == ["iter-0000008.pt", "iter-0000016.pt", "iter-0000024.pt"]
+    assert result["val_top1_error"] < 0.5  # 24 steps already beat chance (90%) by far
+    ckpt = checkpoint.load(run)
+    assert ckpt["classes"] == [str(d) for d in range(10)] and ckpt["iteration"] == 24
+    # `resnets eval` of the final checkpoint on the same test split agrees with the run's own log.
+    capsys.readouterr()
+    assert main(["eval", str(run), "--data", "digits", "--precision", "bf16", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["images"] == 360 and out["top1_error"] == pytest.approx(result["val_top1_error"], abs=1e-9)
+    with pytest.raises(UserError, match="already holds a run"):
+        train(tiny(), run)
+
+
+def test_resume_is_bit_exact(tmp_path):
+    """Resuming from a mid-epoch checkpoint (iteration 8 of 11 per epoch) ends with identical weights."""
+    reference = tmp_path / "reference"
+    train(tiny(), reference)
+    interrupted = tmp_path / "interrupted"
+    train(tiny(), interrupted)
+    for later in checkpoint.checkpoints(interrupted)[1:]:
+        later.unlink()  # as if the process had died just after writing iteration 8's checkpoint
+    train(tiny(), interrupted, resume=True)
+    a, b = checkpoint.load(reference), checkpoint.load(interrupted)
+    assert a["iteration"] == b["iteration"] == 24
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+    assert a["history"][1:] == [dict(m, images_per_s=m["images_per_s"], wall_s=m["wall_s"])
+                                for m in a["history"][1:]]
+    assert [m["val_top1_error"] for m in a["history"]] == [m["val_top1_error"] for m in b["history"]]
+    assert len((interrupted / "metrics.jsonl").read_text().splitlines()) == 3
+
+
+def test_resume_falls_back_past_a_corrupt_checkpoint(tmp_path, capsys):
+    run = tmp_path / "run"
+    train(tiny(), run)
+    newest = checkpoint.checkpoints(run)[-1]
+    newest.write_bytes(newest.read_bytes()[:1000])  # truncated
+    with pytest.raises(UserError, match="corrupt") as e:
+        checkpoint.load(newest)
+    assert "\n" not in str(e.value)
+    train(tiny(), run, resume=True)
+    assert "trying the previous checkpoint" in capsys.readouterr().out
+    assert checkpoint.load(run)["iteration"] == 24
+    assert main(["eval", str(newest.with_name("nope.pt")), "--data", "digits"]) == 2
+
+
+def test_resume_refuses_a_different_config(tmp_path):
+    train(tiny(), tmp_path / "run")
+    with pytest.raises(UserError, match="different config"):
+        train(tiny(**{"optim.lr": 0.2}), tmp_path / "run", resume=True)
+
+
+def test_bf16_and_channels_last_train_like_fp32(tmp_path):
+    """The fast path (bf16 autocast + channels_last) against plain fp32 NCHW after the same 24 steps."""
+    fast = train(tiny(), tmp_path / "fast")
+    plain = train(tiny(**{"run.precision": "fp32", "run.channels_last": False}), tmp_path / "plain")
+    # Rounding differs from the first step on, so runs drift apart; both must learn as well (within 5 points).
+    assert abs(fast["val_top1_error"] - plain["val_top1_error"]) <= 0.05
+    assert abs(fast["train_loss"] - plain["train_loss"]) <= 0.2
+
+
+def test_fast_forward_paths_match_fp32_eager():
+    torch.manual_seed(0)
+    from resnets import create_model
+
+    model = create_model("resnet20").eval()
+    x = torch.randn(16, 3, 32, 32)
+    with torch.no_grad():
+        reference = model(x)
+        cl = model.to(memory_format=torch.channels_last)(x.contiguous(memory_format=torch.channels_last))
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            bf16 = model(x.contiguous(memory_format=torch.channels_last)).float()
+    torch.testing.assert_close(cl, reference, rtol=1e-4, atol=1e-4)  # same math, other memory order
+    # bf16 keeps 8 bits of mantissa: logits within 5% of their spread, and the same top-1 on most inputs.
+    assert (bf16 - reference).abs().max() <= 0.05 * reference.abs().max()
+
+
+def test_compiled_model_matches_eager(tmp_path):
+    # One step: fused kernels sum in another order, and early training at lr 0.1 amplifies any rounding
+    # difference step after step (measured: 8e-5 after 1 step, 0.2 after 8), as it would for two eager devices.
+    one_step = {"run.precision": "fp32", "schedule.iterations": 1, "run.eval_every": 1}
+    compiled = train(tiny(**one_step, **{"run.compile": True}), tmp_path / "c")
+    eager = train(tiny(**one_step), tmp_path / "e")
+    a, b = checkpoint.load(tmp_path / "c"), checkpoint.load(tmp_path / "e")
+    for k in a["model"]:
+        torch.testing.assert_close(a["model"][k].float(), b["model"][k].float(), rtol=1e-3, atol=5e-4)
+    assert compiled["train_loss"] == pytest.approx(eager["train_loss"], abs=1e-5)
+
+
+def test_trains_on_a_cifar_archive_with_held_out_split(tmp_path):
+    archive = make_cifar_archive(tmp_path, n_train=300, n_test=50)
+    cfg = load_config("cifar10/resnet20", {"data.path": str(archive), "data.val_split": 100,
+                                           "schedule.iterations": 4, "run.eval_every": 4, "optim.batch_size": 32})
+    result = train(cfg, tmp_path / "run")
+    assert result["iteration"] == 4 and math.isfinite(result["train_loss"])
+    ckpt = checkpoint.load(tmp_path / "run")
+    assert ckpt["preprocessing"]["mean"].shape == (3, 32, 32)  # the paper's per-pixel mean
+
+
+def test_eval_matches_class_folders_by_name(tmp_path, capsys):
+    root = tmp_path / "folder"
+    make_image_folder(root / "train", classes=3, per_class=6, size=32)
+    cfg = load_config(None, {"data.path": str(root), "data.val_split": 3, "model.name": "resnet20",
+                             "schedule.iterations": 2, "run.eval_every": 2, "optim.batch_size": 8,
+                             "data.cache_dir": ""})
+    train(cfg, tmp_path / "run")
+    classes = checkpoint.load(tmp_path / "run")["classes"]
+    # A test folder holding only the last class, which must keep its label (not become class 0).
+    only = root / "test_only" / classes[-1]
+    only.mkdir(parents=True)
+    for p in (root / "train" / classes[-1]).iterdir():
+        (only / p.name).write_bytes(p.read_bytes())
+    capsys.readouterr()
+    assert main(["eval", str(tmp_path / "run"), "--data", str(root / "test_only"), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["images"] == 6
+    (root / "other" / "zebra").mkdir(parents=True)
+    (root / "other" / "zebra" / "a.png").write_bytes((only / p.name).read_bytes())
+    assert main(["eval", str(tmp_path / "run"), "--data", str(root / "other")]) == 2
+    assert "zebra" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("args, message", [
+    (["train", "model.name=resnet21"], "unknown model"),
+    (["train", "optim.lr=abc"], "must be float"),
+    (["train", "--recipe", "cifar10/resnet20"], "no data"),
+    (["train", "data.path=/does/not/exist"], "does not exist"),
+    (["train", "--resume", "/does/not/exist"], "not a run directory"),
+    (["eval", "/no/such.pt", "--data", "digits"], "does not exist"),
+])
+def test_bad_commands_are_one_line_exit_2(args, message, capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1 and "Traceback" not in err
+    assert not (tmp_path / "runs").exists()
