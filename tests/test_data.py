@@ -8,12 +8,11 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from fakedata import cifar_members, fake_cifar_arrays, make_cifar_archive, make_image_folder, write_targz
 from resnets.data import (
     ArrayDataset,
     FolderDataset,
     InMemoryLoader,
-    datasets,
+    folders,
     load_cifar,
     load_digits,
     load_folder,
@@ -25,8 +24,7 @@ from resnets.data import (
 )
 from resnets.errors import UserError
 
-# torchvision 0.29 deprecates its image decoders (in favour of TorchCodec) and warns on every call.
-pytestmark = pytest.mark.filterwarnings("ignore:The image decoding and encoding capabilities:DeprecationWarning")
+from .fakedata import cifar_members, fake_cifar_arrays, make_cifar_archive, make_image_folder, write_targz
 
 
 def toy(n=50, size=8, channels=3) -> ArrayDataset:
@@ -158,8 +156,8 @@ def test_load_folder_cache_is_reused_and_invalidated(tmp_path, monkeypatch):
     root = make_image_folder(tmp_path / "imgs", classes=2, per_class=3, extras=True)
     cache = tmp_path / "cache"
     calls = []
-    decode = datasets._decode
-    monkeypatch.setattr(datasets, "_decode", lambda p: calls.append(p) or decode(p))
+    decode = folders._decode
+    monkeypatch.setattr(folders, "_decode", lambda p: calls.append(p) or decode(p))
     with pytest.warns(UserWarning, match="skipped 1"):
         first = load_folder(root, cache_dir=cache)
     assert len(calls) == 10

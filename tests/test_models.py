@@ -80,7 +80,10 @@ def test_cifar_feature_maps():
     assert shapes["layer1"] == (16, 32, 32) and shapes["layer2"] == (32, 16, 16) and shapes["layer3"] == (64, 8, 8)
 
 
-@pytest.mark.parametrize("name", ["resnet20", "resnet50", "preact_resnet110", "preact_resnet164", "preact_resnet18", "resnet18"])
+ZERO_INIT = ["resnet20", "resnet50", "preact_resnet110", "preact_resnet164", "preact_resnet18", "resnet18"]
+
+
+@pytest.mark.parametrize("name", ZERO_INIT)
 def test_zero_init_last_makes_blocks_shortcut_only(name):
     torch.manual_seed(0)
     model = create_model(name, zero_init_last=True).eval()

@@ -1,4 +1,4 @@
-"""resnets: the networks of "Deep Residual Learning for Image Recognition" (He et al., 2015), trainable and shippable."""
+"""resnets: the networks of "Deep Residual Learning for Image Recognition" (He et al., 2015) as software."""
 
 from .errors import UserError
 from .models import ResNet, ResNetConfig, create_model, from_torchvision, list_models, model_config

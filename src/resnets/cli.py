@@ -25,7 +25,8 @@ def cmd_summary(args) -> None:
         print(json.dumps(out[0] if len(out) == 1 else out))
     elif len(summaries) == 1:
         s = summaries[0]
-        print(f"{s.name}: {s.params:,} parameters, {s.macs / 1e9:.3f} x10^9 multiply-adds at {s.input_size}x{s.input_size}")
+        size = f"{s.input_size}x{s.input_size}"
+        print(f"{s.name}: {s.params:,} parameters, {s.macs / 1e9:.3f} x10^9 multiply-adds at {size}")
         for stage, shape in s.shapes:
             print(f"  {stage:<8} {' x '.join(map(str, shape))}")
     else:

@@ -123,13 +123,14 @@ def train(cfg: Config, run_dir: Path, resume: bool = False) -> dict:
                     raise UserError(f"the training loss became {train_loss} before iteration {iteration}; lower "
                                     f"optim.lr (the last good checkpoint is kept in {run_dir})")
                 val = evaluate(model, val_set, mean, std, device, bf16)
+                wall_before = history[-1]["wall_s"] if history else 0
                 history.append({
                     "iteration": iteration, "epoch": round(iteration / len(loader), 3),
                     "lr": cfg.optim.lr * lr_factor(cfg.schedule, iteration - 1), "train_loss": train_loss,
                     "train_error": (errors_sum / seen).item(), "val_loss": val["loss"],
                     "val_top1_error": val["top1_error"], "val_top5_error": val["top5_error"],
                     "images_per_s": round(rate, 1),
-                    "wall_s": round((history[-1]["wall_s"] if history else 0) + time.perf_counter() - interval_start, 2),
+                    "wall_s": round(wall_before + time.perf_counter() - interval_start, 2),
                 })
                 _log(history[-1], total, bar)
                 with metrics_file.open("a") as f:

@@ -1,29 +1,13 @@
+from .arrays import ArrayDataset, split_validation
 from .augment import normalization_stats, normalize, pad_crop_flip
-from .datasets import (
-    ArrayDataset,
-    FolderDataset,
-    load_cifar,
-    load_digits,
-    load_folder,
-    scan_folder,
-    split_validation,
-)
+from .cifar import load_cifar
+from .digits import load_digits
+from .folders import FolderDataset, load_folder, scan_folder
 from .loader import InMemoryLoader
+from .sources import load_eval_set, load_splits, load_train_val
 
 __all__ = [
-    "ArrayDataset",
-    "FolderDataset",
-    "InMemoryLoader",
-    "load_cifar",
-    "load_digits",
-    "load_folder",
-    "normalization_stats",
-    "normalize",
-    "pad_crop_flip",
-    "scan_folder",
+    "ArrayDataset", "FolderDataset", "InMemoryLoader", "load_cifar", "load_digits", "load_eval_set", "load_folder",
+    "load_splits", "load_train_val", "normalization_stats", "normalize", "pad_crop_flip", "scan_folder",
     "split_validation",
 ]
-
-from .sources import load_eval_set, load_splits, load_train_val  # noqa: E402
-
-__all__ += ["load_eval_set", "load_splits", "load_train_val"]

@@ -4,7 +4,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import UserError
-from .datasets import ArrayDataset
+from .arrays import ArrayDataset
 
 
 def pad_crop_flip(images: torch.Tensor, pad: int, flip: bool, generator: torch.Generator) -> torch.Tensor:

@@ -6,8 +6,8 @@ from collections.abc import Iterator
 
 import torch
 
+from .arrays import ArrayDataset
 from .augment import pad_crop_flip
-from .datasets import ArrayDataset
 
 
 def _generator(*key) -> torch.Generator:

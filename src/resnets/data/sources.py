@@ -3,7 +3,10 @@
 from pathlib import Path
 
 from ..errors import UserError
-from .datasets import ArrayDataset, load_cifar, load_digits, load_folder, split_validation
+from .arrays import ArrayDataset, split_validation
+from .cifar import load_cifar
+from .digits import load_digits
+from .folders import load_folder
 
 DIGITS = "digits"
 

@@ -1,0 +1,184 @@
+"""Image folders (root/<class>/<image>): decoded into memory with a cache, or streamed from disk."""
+
+import hashlib
+import json
+import os
+import tempfile
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+from torchvision.io import ImageReadMode, decode_image, read_file
+from torchvision.transforms.v2 import functional as TF
+from tqdm import tqdm
+
+from ..errors import UserError
+from .arrays import ArrayDataset
+
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
+
+
+def scan_folder(root: str | Path) -> tuple[list[Path], list[int], list[str]]:
+    """Image files of an ImageNet-style root/<class>/<image> tree: (paths, labels, classes sorted by name)."""
+    root = Path(root)
+    if not root.is_dir():
+        raise UserError(f"image folder {root} does not exist; expected root/<class>/<image> files")
+    # Dot-folders and dot-files are tool debris (.ipynb_checkpoints, macOS ._x.jpg), never classes or images.
+    classes = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+    if not classes:
+        raise UserError(f"{root} has no class folders; expected root/<class>/<image> files")
+    paths, labels = [], []
+    for label, name in enumerate(classes):
+        files = sorted(
+            p
+            for p in (root / name).rglob("*")
+            if p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith(".") and p.is_file()
+        )
+        paths += files
+        labels += [label] * len(files)
+    if not paths:
+        raise UserError(f"no images ({' '.join(sorted(IMAGE_EXTENSIONS))}) in the class folders of {root}")
+    return paths, labels, classes
+
+
+def _decode(path: Path) -> torch.Tensor:
+    """(3, H, W) uint8 RGB of an image file; raises if it cannot be read."""
+    try:
+        return decode_image(read_file(str(path)), mode=ImageReadMode.RGB)
+    except RuntimeError:
+        # torchvision reads JPEG, PNG, GIF and WebP; PIL covers the rest (BMP, TIFF) and is the second opinion.
+        with Image.open(path) as image:
+            return torch.from_numpy(np.array(image.convert("RGB"))).permute(2, 0, 1).contiguous()
+
+
+def _fit(image: torch.Tensor, size: int) -> torch.Tensor:
+    """Resize the shorter side to `size`, then take the centre size x size square."""
+    return TF.center_crop(TF.resize(image, size, antialias=True), [size, size])
+
+
+def _warn_skipped(skipped: list[str]) -> None:
+    if skipped:
+        shown = ", ".join(skipped[:3]) + (", ..." if len(skipped) > 3 else "")
+        warnings.warn(f"skipped {len(skipped)} unreadable image(s): {shown}", stacklevel=3)
+
+
+def _decode_all(
+    paths: list[Path], labels: list[int], image_size: int | None
+) -> tuple[list[torch.Tensor], list[int], list[str]]:
+    """(images, labels, skipped paths) for the readable files among `paths`."""
+    images, kept, skipped = [], [], []
+    # disable=None: tqdm shows the bar only on a terminal; small folders decode too fast to need one.
+    bar = tqdm(zip(paths, labels), total=len(paths), desc="decoding images", unit="img",
+               disable=None if len(paths) >= 1000 else True)
+    for path, label in bar:
+        try:
+            image = _decode(path)
+        except Exception:  # any failure to decode one file means that file is unreadable, not that we stop
+            skipped.append(str(path))
+            continue
+        if image_size:
+            image = _fit(image, image_size)
+        elif not images:
+            first = path
+        elif image.shape != images[0].shape:
+            raise UserError(
+                f"{path} is {image.shape[2]}x{image.shape[1]} but {first} is {images[0].shape[2]}x"
+                f"{images[0].shape[1]}; pass an image size to resize them all"
+            )
+        images.append(image)
+        kept.append(label)
+    return images, kept, skipped
+
+
+def _cache_file(cache_dir: Path, root: Path, paths: list[Path], image_size: int | None) -> Path:
+    """Where the decoded folder is cached; the name changes whenever the files or the size asked change."""
+    stats = [p.stat() for p in paths]
+    fingerprint = json.dumps([
+        str(root.resolve()), len(paths), sum(s.st_size for s in stats), max(s.st_mtime_ns for s in stats),
+        image_size, [str(p.relative_to(root)) for p in paths],  # catches files renamed or moved between classes
+    ])
+    return cache_dir / f"{root.name}-{hashlib.sha256(fingerprint.encode()).hexdigest()[:16]}.safetensors"
+
+
+def _read_cache(path: Path) -> tuple[ArrayDataset, list[str]] | None:
+    try:
+        tensors = load_file(path)
+        with safe_open(path, "pt") as f:
+            meta = f.metadata()
+        ds = ArrayDataset(tensors["images"], tensors["labels"], json.loads(meta["classes"]))
+        return ds, json.loads(meta["skipped"])
+    except Exception:  # missing or damaged: it is only a cache, so decode again and (re)write it
+        return None
+
+
+def _write_cache(path: Path, ds: ArrayDataset, skipped: list[str]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+    os.close(fd)
+    try:  # temp file + rename: a crash or a concurrent run never leaves a half-written cache under the real name
+        save_file({"images": ds.images, "labels": ds.labels}, tmp,
+                  metadata={"classes": json.dumps(ds.classes), "skipped": json.dumps(skipped)})
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def load_folder(root: str | Path, image_size: int | None = None, cache_dir: Path | None = None) -> ArrayDataset:
+    """Decode a whole root/<class>/<image> folder into memory (fast path for small images such as CIFAR jpgs).
+
+    Without `image_size` all images must share one size; with it each is resized (shorter side) and
+    centre-cropped to a square. Unreadable files are skipped and reported in a warning. With `cache_dir`
+    the decoded tensors are saved there and reused while the folder's files stay the same.
+    """
+    root = Path(root)
+    paths, labels, classes = scan_folder(root)
+    cache = _cache_file(Path(cache_dir), root, paths, image_size) if cache_dir is not None else None
+    cached = _read_cache(cache) if cache is not None else None
+    if cached is not None:
+        ds, skipped = cached
+    else:
+        images, kept, skipped = _decode_all(paths, labels, image_size)
+        if not images:
+            raise UserError(f"none of the {len(paths)} image files under {root} could be read")
+        ds = ArrayDataset(torch.stack(images), torch.tensor(kept, dtype=torch.int64), classes)
+        if cache is not None:
+            _write_cache(cache, ds, skipped)
+    _warn_skipped(skipped)
+    return ds
+
+
+class FolderDataset(torch.utils.data.Dataset):
+    """Streams root/<class>/<image> files from disk, for folders too big to decode into memory.
+
+    Items are (transform(PIL RGB image), label). An unreadable file is replaced by the next readable one
+    (wrapping around) so that one bad file among millions does not end a long run; each replacement is
+    counted in `skipped` (per process: DataLoader workers keep their own counts) and warned about.
+    """
+
+    def __init__(self, root: str | Path, transform: Callable | None = None):
+        self.root = Path(root)
+        self.paths, self.labels, self.classes = scan_folder(self.root)
+        self.transform = transform
+        self.skipped = 0
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int):
+        for offset in range(len(self.paths)):
+            i = (index + offset) % len(self.paths)
+            try:
+                with Image.open(self.paths[i]) as file:
+                    image = file.convert("RGB")
+            except Exception:  # unreadable for whatever reason: substitute the next file, as documented above
+                self.skipped += 1
+                warnings.warn(f"skipping unreadable image {self.paths[i]}", stacklevel=2)
+                continue
+            return (self.transform(image) if self.transform else image), self.labels[i]
+        raise UserError(f"none of the image files under {self.root} could be read")
