@@ -222,3 +222,13 @@ def test_bad_commands_are_one_line_exit_2(args, message, capsys, tmp_path, monke
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1 and "Traceback" not in err
     assert not (tmp_path / "runs").exists()
+
+
+def test_tensorboard_logs_the_same_metrics(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    result = train(tiny(**{"run.tensorboard": True}), tmp_path / "run")
+    events = EventAccumulator(str(tmp_path / "run" / "tensorboard")).Reload()
+    logged = events.Scalars("val_top1_error")
+    assert [e.step for e in logged] == [8, 16, 24]
+    assert logged[-1].value == pytest.approx(result["val_top1_error"])

@@ -21,6 +21,7 @@ class ModelSection:
 class DataSection:
     path: str = "digits"  # the embedded digits, a CIFAR archive/folder, or a root/<class>/<image> folder
     val_split: int = 0  # hold out this many training images for validation (0: use the test split)
+    download: bool = False  # fetch CIFAR-10/100 from the official address (MD5-checked) if data.path is missing
     split_seed: int = 0  # which images are held out; the same (val_split, split_seed) always picks the same
     pad: int = 4  # the paper's CIFAR augmentation: zero-pad 4 pixels, random crop back to size ...
     flip: bool = True  # ... and a random horizontal flip
@@ -61,7 +62,15 @@ class RunSection:
     channels_last: bool = True
     compile: bool = False  # measured: torch.compile slows CPU training of these nets (benchmarks/train_speed.py)
     keep_checkpoints: int = 2
-    tensorboard: bool = False
+    tensorboard: bool = False  # also log the metrics to run_dir/tensorboard (needs `pip install tensorboard`)
+
+
+@dataclass
+class PaperSection:
+    """What the paper reports for this recipe, so a reproduction report can set our number beside it."""
+
+    top1_error: float = 0.0  # percent; 0 = nothing reported
+    source: str = ""  # e.g. "He et al. 2015, Table 6 (CIFAR-10 test set)"
 
 
 @dataclass
@@ -71,6 +80,7 @@ class Config:
     optim: OptimSection = field(default_factory=OptimSection)
     schedule: ScheduleSection = field(default_factory=ScheduleSection)
     run: RunSection = field(default_factory=RunSection)
+    paper: PaperSection = field(default_factory=PaperSection)
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -78,6 +78,7 @@ def train(cfg: Config, run_dir: Path, resume: bool = False) -> dict:
         if checkpoint.checkpoints(run_dir):
             raise UserError(f"{run_dir} already holds a run; resume it with --resume or choose another --out")
         (run_dir / "config.toml").write_text(tomli_w.dumps(cfg.to_dict()))
+    tensorboard = _tensorboard(run_dir) if cfg.run.tensorboard else None
     metrics_file = run_dir / "metrics.jsonl"
     metrics_file.write_text("".join(json.dumps(m) + "\n" for m in history))  # drops lines past the checkpoint
 
@@ -135,6 +136,10 @@ def train(cfg: Config, run_dir: Path, resume: bool = False) -> dict:
                 _log(history[-1], total, bar)
                 with metrics_file.open("a") as f:
                     f.write(json.dumps(history[-1]) + "\n")
+                if tensorboard:
+                    for key, value in history[-1].items():
+                        tensorboard.add_scalar(key, value, iteration)
+                    tensorboard.flush()
                 _save(run_dir, cfg, model, optimizer, scheduler, iteration, history, train_set.classes,
                       preprocessing)
                 plot_curves(history, run_dir / "curves.png", title=f"{cfg.model.name}")
@@ -143,7 +148,17 @@ def train(cfg: Config, run_dir: Path, resume: bool = False) -> dict:
             if iteration == total:
                 break
         bar.close()
+    if tensorboard:
+        tensorboard.close()
     return history[-1] if history else {}
+
+
+def _tensorboard(run_dir: Path):
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        raise UserError("run.tensorboard=true needs the tensorboard package: pip install tensorboard") from None
+    return SummaryWriter(run_dir / "tensorboard")
 
 
 def _log(m: dict, total: int, bar) -> None:

@@ -22,13 +22,16 @@ def _folder(path: Path, image_size: int, cache_dir: str) -> ArrayDataset:
     return load_folder(path, image_size or None, Path(cache_dir).expanduser() if cache_dir else None)
 
 
-def load_splits(path: str, image_size: int = 0, cache_dir: str = "") -> tuple[ArrayDataset, ArrayDataset | None]:
+def load_splits(path: str, image_size: int = 0, cache_dir: str = "",
+                download: bool = False) -> tuple[ArrayDataset, ArrayDataset | None]:
     """(train, test) for a data path; test is None when the path has no separate test/val part."""
     if path == DIGITS:
         return load_digits()
     if not path:
         raise UserError("no data: set data.path to a CIFAR archive or folder, an image folder, or 'digits'")
     root = Path(path).expanduser()
+    if download and not root.exists():
+        return load_cifar(root, train=True, download=True), load_cifar(root, train=False)
     if not root.exists():
         raise UserError(f"data path {root} does not exist")
     if _is_cifar(root):
@@ -41,7 +44,7 @@ def load_splits(path: str, image_size: int = 0, cache_dir: str = "") -> tuple[Ar
 
 def load_train_val(data) -> tuple[ArrayDataset, ArrayDataset]:
     """The training set and the set validated on, as a DataSection asks."""
-    train, test = load_splits(data.path, data.image_size, data.cache_dir)
+    train, test = load_splits(data.path, data.image_size, data.cache_dir, data.download)
     if data.val_split:
         return split_validation(train, data.val_split, data.split_seed)
     if test is None:
