@@ -10,8 +10,8 @@ from PIL import Image
 
 from resnets.data import (
     ArrayDataset,
+    BatchLoader,
     FolderDataset,
-    InMemoryLoader,
     folders,
     load_cifar,
     load_digits,
@@ -175,13 +175,13 @@ def test_load_folder_cache_is_reused_and_invalidated(tmp_path, monkeypatch):
 
 def test_folder_dataset_substitutes_unreadable(tmp_path):
     root = make_image_folder(tmp_path / "imgs", classes=2, per_class=2, extras=True)
-    ds = FolderDataset(root, transform=lambda im: torch.from_numpy(np.array(im)))
-    assert len(ds) == 4 + 4 and ds.classes == ["c0", "c1"]
+    ds = FolderDataset(root)
+    assert len(ds) == 4 + 4 and ds.classes == ["c0", "c1"] and ds.image_shape == (3, 32, 32)
     bad = [p.name for p in ds.paths].index("corrupt.jpg")
     with pytest.warns(UserWarning, match="corrupt.jpg"):
         image, label = ds[bad]
     assert torch.equal(image, ds[bad + 1][0]) and label == ds.labels[bad + 1]
-    assert image.shape == (32, 32, 3) and ds.skipped == 1
+    assert image.shape == (3, 32, 32) and image.dtype == torch.uint8
 
 
 # -------------------------------------------------------------------------------------------- splitting
@@ -254,7 +254,7 @@ def _batches(loader, epoch, start=0):
 
 
 def test_loader_resume_is_exact_and_epochs_differ():
-    loader = InMemoryLoader(toy(50), 8, shuffle=True, pad=2, flip=True, seed=5)
+    loader = BatchLoader(toy(50), 8, shuffle=True, pad=2, flip=True, seed=5)
     assert len(loader) == 7
     full = _batches(loader, 3)
     for k in (0, 1, 4, 6, 7):
@@ -266,15 +266,15 @@ def test_loader_resume_is_exact_and_epochs_differ():
     for epoch in (full, other):  # every sample exactly once; the last batch is the short one
         assert sorted(torch.cat([y for _, y in epoch]).tolist()) == list(range(50))
         assert [len(y) for _, y in epoch] == [8] * 6 + [2]
-    assert torch.equal(_batches(InMemoryLoader(toy(50), 8, shuffle=True, pad=2, flip=True, seed=5), 3)[2][0],
+    assert torch.equal(_batches(BatchLoader(toy(50), 8, shuffle=True, pad=2, flip=True, seed=5), 3)[2][0],
                        full[2][0])
 
 
 def test_loader_plain_order_and_drop_last():
     ds = toy(50)
-    loader = InMemoryLoader(ds, 16, shuffle=False)
+    loader = BatchLoader(ds, 16, shuffle=False)
     batches = _batches(loader, 0)
     assert torch.equal(torch.cat([x for x, _ in batches]), ds.images)
     assert torch.equal(torch.cat([y for _, y in batches]), ds.labels)
-    dropped = InMemoryLoader(ds, 16, shuffle=True, drop_last=True)
+    dropped = BatchLoader(ds, 16, shuffle=True, drop_last=True)
     assert len(dropped) == 3 and [len(y) for _, y in dropped.epoch(0)] == [16, 16, 16]

@@ -232,3 +232,16 @@ def test_tensorboard_logs_the_same_metrics(tmp_path):
     logged = events.Scalars("val_top1_error")
     assert [e.step for e in logged] == [8, 16, 24]
     assert logged[-1].value == pytest.approx(result["val_top1_error"])
+
+
+def test_streamed_folder_trains_exactly_like_the_in_memory_one(tmp_path):
+    """Workers only decode; augmentation is the same batched, seeded code: identical weights either way."""
+    root = tmp_path / "folder"
+    make_image_folder(root, classes=3, per_class=12, size=32)
+    base = {"data.path": str(root), "data.val_split": 6, "data.cache_dir": "", "optim.batch_size": 8,
+            "schedule.iterations": 6, "run.eval_every": 3, "data.workers": 2}
+    memory = train(load_config("cifar10/resnet20", {**base, "data.loader": "memory"}), tmp_path / "memory")
+    stream = train(load_config("cifar10/resnet20", {**base, "data.loader": "stream"}), tmp_path / "stream")
+    a, b = checkpoint.load(tmp_path / "memory"), checkpoint.load(tmp_path / "stream")
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+    assert memory["val_top1_error"] == stream["val_top1_error"]

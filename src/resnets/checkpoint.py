@@ -12,6 +12,7 @@ from .models import ResNet, ResNetConfig
 
 FORMAT = "resnets-checkpoint-1"
 NAME = re.compile(r"iter-(\d+)\.pt")
+ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 
 def save_atomic(obj, path: Path) -> None:
@@ -23,6 +24,10 @@ def save_atomic(obj, path: Path) -> None:
             torch.save(obj, f)
             f.flush()
             os.fsync(f.fileno())
+        # mkstemp makes the file private (0600); give it the permissions a plain open() would have.
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -39,7 +44,8 @@ def load(path: str | Path) -> dict:
     except FileNotFoundError:
         raise UserError(f"checkpoint {path} does not exist") from None
     except Exception as e:  # truncated zip, flipped bytes, a pickle that wants to run code: all refused
-        reason = str(e).strip().splitlines()[0][:120] if str(e).strip() else type(e).__name__
+        text = ANSI.sub("", str(e)).strip()  # torch colours parts of its messages
+        reason = text.splitlines()[0][:120] if text else type(e).__name__
         raise UserError(f"checkpoint {path} is corrupt or not a resnets checkpoint ({reason})") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise UserError(f"{path} is not a resnets checkpoint")

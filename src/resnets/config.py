@@ -28,6 +28,10 @@ class DataSection:
     image_size: int = 0  # image folders: resize + centre-crop every image to this side (0: keep, all equal)
     normalize: str = "pixel_mean"  # the paper subtracts the per-pixel mean; "channel" = per-channel mean/std
     cache_dir: str = "~/.cache/resnets"  # decoded image folders are kept here
+    # Image folders: "memory" decodes all images once (fast for small images such as CIFAR's), "stream"
+    # decodes each batch in `workers` processes; "auto" streams when the decoded folder would exceed 4 GiB.
+    loader: str = "auto"
+    workers: int = 0  # decoding processes for streamed folders; 0 = one per CPU core, at most 8
 
 
 @dataclass
@@ -94,6 +98,7 @@ CHOICES = {
     "schedule.kind": ("step", "cosine", "onecycle"),
     "schedule.warmup": ("constant", "linear"),
     "data.normalize": ("pixel_mean", "channel"),
+    "data.loader": ("auto", "memory", "stream"),
     "run.precision": ("auto", "bf16", "fp32"),
 }
 

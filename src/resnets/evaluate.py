@@ -1,11 +1,12 @@
 """Top-1 / top-5 error of a model on an in-memory dataset."""
 
 import contextlib
+import copy
 
 import torch
 import torch.nn.functional as F
 
-from .data import ArrayDataset, InMemoryLoader, normalize
+from .data import BatchLoader, normalize
 from .errors import UserError
 
 
@@ -14,13 +15,13 @@ def autocast(device: torch.device, bf16: bool):
 
 
 @torch.no_grad()
-def evaluate(model, ds: ArrayDataset, mean, std, device, bf16: bool = False, batch_size: int = 500) -> dict:
+def evaluate(model, ds, mean, std, device, bf16: bool = False, batch_size: int = 500, workers: int = 0) -> dict:
     """{"loss", "top1_error", "top5_error", "images"} of `model` (put in eval mode here) on `ds`."""
     was_training = model.training
     model.eval()
     k = min(5, model.config.num_classes)
     loss = top1 = topk = 0.0
-    for images, labels in InMemoryLoader(ds, batch_size, shuffle=False).epoch(0):
+    for images, labels in BatchLoader(ds, batch_size, shuffle=False, workers=workers).epoch(0):
         x = normalize(images.to(device), mean, std).contiguous(memory_format=torch.channels_last)
         labels = labels.to(device)
         with autocast(device, bf16):
@@ -34,10 +35,12 @@ def evaluate(model, ds: ArrayDataset, mean, std, device, bf16: bool = False, bat
     return {"loss": loss / n, "top1_error": top1 / n, "top5_error": topk / n, "images": n}
 
 
-def match_classes(ds: ArrayDataset, classes: list[str]) -> ArrayDataset:
+def match_classes(ds, classes: list[str]):
     """`ds` relabelled into a checkpoint's class order, matching class folders by name."""
     unknown = [c for c in ds.classes if c not in classes]
     if unknown:
         raise UserError(f"classes {', '.join(unknown[:5])} are not among the model's {len(classes)} classes")
-    index = torch.tensor([classes.index(c) for c in ds.classes])
-    return ArrayDataset(ds.images, index[ds.labels], list(classes))
+    relabelled = copy.copy(ds)
+    relabelled.labels = torch.tensor([classes.index(c) for c in ds.classes])[ds.labels]
+    relabelled.classes = list(classes)
+    return relabelled

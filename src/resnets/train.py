@@ -19,7 +19,7 @@ from tqdm import tqdm
 
 from . import checkpoint
 from .config import Config
-from .data import InMemoryLoader, load_train_val, normalization_stats, normalize
+from .data import BatchLoader, default_workers, load_train_val, normalization_stats, normalize
 from .errors import UserError
 from .evaluate import autocast, evaluate
 from .models import ResNet
@@ -52,9 +52,11 @@ def train(cfg: Config, run_dir: Path, resume: bool = False) -> dict:
     bf16 = use_bf16(cfg.run.precision, device)
 
     train_set, val_set = load_train_val(cfg.data)
-    mean, std = normalization_stats(train_set, cfg.data.normalize)
+    workers = default_workers(cfg.data.workers)
+    # Streamed folders estimate the statistics on 2,000 images spread over the folder.
+    mean, std = normalization_stats(train_set.sample(2000), cfg.data.normalize)
     mean, std = mean.to(device), std.to(device)
-    in_channels, size = train_set.images.shape[1], train_set.images.shape[2]
+    in_channels, size, _ = train_set.image_shape
     model = ResNet(cfg.model_config(len(train_set.classes), in_channels)).to(device)
     if cfg.run.channels_last:
         model = model.to(memory_format=torch.channels_last)
@@ -64,11 +66,14 @@ def train(cfg: Config, run_dir: Path, resume: bool = False) -> dict:
     optimizer = torch.optim.SGD(model.parameters(), lr=cfg.optim.lr, momentum=cfg.optim.momentum,
                                 nesterov=cfg.optim.nesterov, weight_decay=cfg.optim.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, partial(lr_factor, cfg.schedule))
-    loader = InMemoryLoader(train_set, cfg.optim.batch_size, shuffle=True, pad=cfg.data.pad, flip=cfg.data.flip,
-                            seed=cfg.run.seed, drop_last=True)
+    loader = BatchLoader(train_set, cfg.optim.batch_size, shuffle=True, pad=cfg.data.pad, flip=cfg.data.flip,
+                         seed=cfg.run.seed, drop_last=True, workers=workers)
     if len(loader) == 0:
         raise UserError(f"batch_size {cfg.optim.batch_size} exceeds the {len(train_set)} training images")
-    preprocessing = {"mean": mean.cpu(), "std": std.cpu(), "input_size": size, "in_channels": in_channels}
+    # Everything predict/export need to feed the network a new image: shorter side resized to `resize`,
+    # centre crop of `input_size`, channels, then (x / 255 - mean) / std.
+    preprocessing = {"mean": mean.cpu(), "std": std.cpu(), "input_size": size, "resize": size,
+                     "in_channels": in_channels}
 
     iteration, history = 0, []
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -87,17 +92,16 @@ def train(cfg: Config, run_dir: Path, resume: bool = False) -> dict:
           f"{len(val_set)}; {total} iterations of {cfg.optim.batch_size} on {device}"
           f"{' in bf16' if bf16 else ''}; run directory {run_dir}")
     model.train()
-    loss_sum = errors_sum = seen = 0
-    interval_start, interval_images = time.perf_counter(), 0
+    meter = Meter()
     while iteration < total:
         epoch, start = divmod(iteration, len(loader))
         bar = tqdm(loader.epoch(epoch, start), initial=start, total=len(loader), desc=f"epoch {epoch + 1}",
                    leave=False, disable=None, unit="batch")
         for images, labels in bar:
-            images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
-            x = normalize(images, mean, std)
+            x = normalize(images.to(device, non_blocking=True), mean, std)
             if cfg.run.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
+            labels = labels.to(device, non_blocking=True)
             with autocast(device, bf16):
                 logits = step_model(x).float()
             loss = F.cross_entropy(logits, labels, label_smoothing=cfg.optim.label_smoothing)
@@ -106,51 +110,60 @@ def train(cfg: Config, run_dir: Path, resume: bool = False) -> dict:
             optimizer.step()
             scheduler.step()
             iteration += 1
-
-            loss_sum += loss.detach() * len(labels)
-            errors_sum += (logits.argmax(1) != labels).sum()
-            seen += len(labels)
-            interval_images += len(labels)
+            meter.add(loss.detach(), logits, labels)
             if iteration % 10 == 0 and not bar.disable:
-                rate = interval_images / (time.perf_counter() - interval_start)
-                bar.set_postfix(loss=f"{loss.item():.3f}", err=f"{errors_sum.item() / seen:.1%}",
-                                img_s=f"{rate:.0f}", eta=_duration((total - iteration) * len(labels) / rate))
+                bar.set_postfix(loss=f"{loss.item():.3f}", err=f"{meter.error():.1%}", img_s=f"{meter.rate():.0f}",
+                                eta=_duration((total - iteration) * len(labels) / meter.rate()))
 
             if iteration % cfg.run.eval_every == 0 or iteration == total:
-                rate = interval_images / (time.perf_counter() - interval_start)
-                train_loss = (loss_sum / seen).item()
-                if not math.isfinite(train_loss):
+                if not math.isfinite(meter.loss()):
                     bar.close()
-                    raise UserError(f"the training loss became {train_loss} before iteration {iteration}; lower "
+                    raise UserError(f"the training loss became {meter.loss()} before iteration {iteration}; lower "
                                     f"optim.lr (the last good checkpoint is kept in {run_dir})")
-                val = evaluate(model, val_set, mean, std, device, bf16)
-                wall_before = history[-1]["wall_s"] if history else 0
+                val = evaluate(model, val_set, mean, std, device, bf16, workers=workers)
                 history.append({
                     "iteration": iteration, "epoch": round(iteration / len(loader), 3),
-                    "lr": cfg.optim.lr * lr_factor(cfg.schedule, iteration - 1), "train_loss": train_loss,
-                    "train_error": (errors_sum / seen).item(), "val_loss": val["loss"],
+                    "lr": cfg.optim.lr * lr_factor(cfg.schedule, iteration - 1),
+                    "train_loss": meter.loss(), "train_error": meter.error(), "val_loss": val["loss"],
                     "val_top1_error": val["top1_error"], "val_top5_error": val["top5_error"],
-                    "images_per_s": round(rate, 1),
-                    "wall_s": round(wall_before + time.perf_counter() - interval_start, 2),
+                    "images_per_s": round(meter.rate(), 1),
+                    "wall_s": round((history[-1]["wall_s"] if history else 0) + meter.elapsed(), 2),
                 })
-                _log(history[-1], total, bar)
-                with metrics_file.open("a") as f:
-                    f.write(json.dumps(history[-1]) + "\n")
-                if tensorboard:
-                    for key, value in history[-1].items():
-                        tensorboard.add_scalar(key, value, iteration)
-                    tensorboard.flush()
-                _save(run_dir, cfg, model, optimizer, scheduler, iteration, history, train_set.classes,
-                      preprocessing)
+                bar.write(_format(history[-1], total))
+                _write_metrics(history[-1], metrics_file, tensorboard)
+                _save(run_dir, cfg, model, optimizer, scheduler, history, train_set.classes, preprocessing)
                 plot_curves(history, run_dir / "curves.png", title=f"{cfg.model.name}")
-                loss_sum = errors_sum = seen = 0
-                interval_start, interval_images = time.perf_counter(), 0
+                meter = Meter()
             if iteration == total:
                 break
         bar.close()
     if tensorboard:
         tensorboard.close()
     return history[-1] if history else {}
+
+
+class Meter:
+    """Training loss, error and images/s since the last evaluation; sums stay on the device until read."""
+
+    def __init__(self):
+        self.start, self.seen, self.loss_sum, self.errors = time.perf_counter(), 0, 0.0, 0
+
+    def add(self, loss: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor) -> None:
+        self.seen += len(labels)
+        self.loss_sum += loss * len(labels)
+        self.errors += (logits.argmax(1) != labels).sum()
+
+    def loss(self) -> float:
+        return float(self.loss_sum / self.seen)
+
+    def error(self) -> float:
+        return float(self.errors / self.seen)
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.start
+
+    def rate(self) -> float:
+        return self.seen / self.elapsed()
 
 
 def _tensorboard(run_dir: Path):
@@ -161,10 +174,19 @@ def _tensorboard(run_dir: Path):
     return SummaryWriter(run_dir / "tensorboard")
 
 
-def _log(m: dict, total: int, bar) -> None:
-    bar.write(f"iter {m['iteration']:>6}/{total} epoch {m['epoch']:7.2f} lr {m['lr']:.4g} | train loss "
+def _write_metrics(m: dict, metrics_file: Path, tensorboard) -> None:
+    with metrics_file.open("a") as f:
+        f.write(json.dumps(m) + "\n")
+    if tensorboard:
+        for key, value in m.items():
+            tensorboard.add_scalar(key, value, m["iteration"])
+        tensorboard.flush()
+
+
+def _format(m: dict, total: int) -> str:
+    return (f"iter {m['iteration']:>6}/{total} epoch {m['epoch']:7.2f} lr {m['lr']:.4g} | train loss "
               f"{m['train_loss']:.4f} err {m['train_error']:6.2%} | val loss {m['val_loss']:.4f} top-1 err "
-              f"{m['val_top1_error']:6.2%} top-5 err {m['val_top5_error']:6.2%} | {m['images_per_s']:.0f} img/s")
+            f"{m['val_top1_error']:6.2%} top-5 err {m['val_top5_error']:6.2%} | {m['images_per_s']:.0f} img/s")
 
 
 def _duration(seconds: float) -> str:
@@ -172,12 +194,15 @@ def _duration(seconds: float) -> str:
     return f"{h}:{rest // 60:02d}:{rest % 60:02d}"
 
 
-def _save(run_dir, cfg, model, optimizer, scheduler, iteration, history, classes, preprocessing) -> None:
+def _save(run_dir, cfg, model, optimizer, scheduler, history, classes, preprocessing) -> None:
+    iteration = history[-1]["iteration"]
     state = {
         "format": checkpoint.FORMAT, "iteration": iteration, "config": cfg.to_dict(),
         "model_config": model.config.to_dict(), "model": model.state_dict(), "classes": list(classes),
         "preprocessing": preprocessing, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
         "rng": torch.get_rng_state(), "history": history,
+        # Dropout and stochastic depth draw from the device's generator too.
+        "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
     }
     checkpoint.save_atomic(state, run_dir / f"iter-{iteration:07d}.pt")
     for old in checkpoint.checkpoints(run_dir)[: -cfg.run.keep_checkpoints]:
@@ -203,5 +228,7 @@ def _restore(run_dir, cfg, model, optimizer, scheduler) -> tuple[int, list[dict]
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
     torch.set_rng_state(state["rng"])
+    if state["cuda_rng"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda_rng"])
     print(f"resuming {run_dir} from iteration {state['iteration']} ({path.name})")
     return state["iteration"], state["history"]

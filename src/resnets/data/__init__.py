@@ -3,11 +3,12 @@ from .augment import normalization_stats, normalize, pad_crop_flip
 from .cifar import load_cifar
 from .digits import load_digits
 from .folders import FolderDataset, load_folder, scan_folder
-from .loader import InMemoryLoader
-from .sources import load_eval_set, load_splits, load_train_val
+from .loader import BatchLoader
+from .sources import default_workers, load_eval_set, load_splits, load_train_val
 
 __all__ = [
-    "ArrayDataset", "FolderDataset", "InMemoryLoader", "load_cifar", "load_digits", "load_eval_set", "load_folder",
+    "ArrayDataset", "BatchLoader", "FolderDataset", "default_workers", "load_cifar", "load_digits", "load_eval_set",
+    "load_folder",
     "load_splits", "load_train_val", "normalization_stats", "normalize", "pad_crop_flip", "scan_folder",
     "split_validation",
 ]

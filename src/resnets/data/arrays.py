@@ -19,8 +19,21 @@ class ArrayDataset:
     def __len__(self) -> int:
         return len(self.labels)
 
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        return tuple(self.images.shape[1:])
+
     def subset(self, index: torch.Tensor) -> "ArrayDataset":
         return ArrayDataset(self.images[index].contiguous(), self.labels[index], self.classes)
+
+    def load_batches(self, batches: list[torch.Tensor], workers: int = 0):
+        """(images, labels) for each index tensor in `batches`; `workers` matters only for streamed data."""
+        for index in batches:
+            yield self.images[index], self.labels[index]
+
+    def sample(self, n: int) -> "ArrayDataset":
+        """At most n images to compute normalisation statistics on: all of them, since they are in memory."""
+        return self
 
 
 def _array_dataset(images: np.ndarray, labels, classes: list[str]) -> ArrayDataset:
@@ -31,11 +44,12 @@ def _array_dataset(images: np.ndarray, labels, classes: list[str]) -> ArrayDatas
     )
 
 
-def split_validation(ds: ArrayDataset, n: int, seed: int = 0) -> tuple[ArrayDataset, ArrayDataset]:
+def split_validation(ds, n: int, seed: int = 0):
     """(train, held-out) where held-out is the last `n` entries of a permutation seeded with `seed`.
 
     The same (n, seed) holds out the same images on every run (with the same torch), as the paper's
-    45k/5k CIFAR-10 analysis needs. Both parts keep the dataset's original order.
+    45k/5k CIFAR-10 analysis needs. Both parts keep the dataset's original order. Works for any dataset
+    with `subset` (in memory or streamed).
     """
     if not 0 < n < len(ds):
         raise UserError(f"the validation size must be between 1 and {len(ds) - 1}, not {n}")

@@ -1,11 +1,11 @@
 """Image folders (root/<class>/<image>): decoded into memory with a cache, or streamed from disk."""
 
+import copy
 import hashlib
 import json
 import os
 import tempfile
 import warnings
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -154,31 +154,56 @@ def load_folder(root: str | Path, image_size: int | None = None, cache_dir: Path
 
 
 class FolderDataset(torch.utils.data.Dataset):
-    """Streams root/<class>/<image> files from disk, for folders too big to decode into memory.
+    """A root/<class>/<image> folder read from disk batch by batch, for folders too big to hold in memory.
 
-    Items are (transform(PIL RGB image), label). An unreadable file is replaced by the next readable one
-    (wrapping around) so that one bad file among millions does not end a long run; each replacement is
-    counted in `skipped` (per process: DataLoader workers keep their own counts) and warned about.
+    Items are (uint8 (3, S, S) image, label): decoded, resized (shorter side) and centre-cropped to S, with
+    S = `image_size` or the first image's size. Augmentation is not done here but on whole batches by the
+    loader, exactly as for in-memory data, so both paths train identically. An unreadable file is replaced
+    by the next readable one (wrapping around) so that one bad file among millions does not end a long run;
+    each is warned about with its path.
     """
 
-    def __init__(self, root: str | Path, transform: Callable | None = None):
+    def __init__(self, root: str | Path, image_size: int | None = None):
         self.root = Path(root)
-        self.paths, self.labels, self.classes = scan_folder(self.root)
-        self.transform = transform
-        self.skipped = 0
+        self.paths, labels, self.classes = scan_folder(self.root)
+        self.labels = torch.tensor(labels)
+        self.size = image_size or self[0][0].shape[-1]
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        return 3, self.size, self.size
 
     def __len__(self) -> int:
         return len(self.paths)
 
-    def __getitem__(self, index: int):
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
         for offset in range(len(self.paths)):
             i = (index + offset) % len(self.paths)
             try:
-                with Image.open(self.paths[i]) as file:
-                    image = file.convert("RGB")
+                image = _decode(self.paths[i])
             except Exception:  # unreadable for whatever reason: substitute the next file, as documented above
-                self.skipped += 1
                 warnings.warn(f"skipping unreadable image {self.paths[i]}", stacklevel=2)
                 continue
-            return (self.transform(image) if self.transform else image), self.labels[i]
+            size = getattr(self, "size", None)  # unset only while __init__ reads the first image
+            if size and image.shape[-2:] != (size, size):
+                image = _fit(image, size)
+            return image, self.labels[i]
         raise UserError(f"none of the image files under {self.root} could be read")
+
+    def subset(self, index: torch.Tensor) -> "FolderDataset":
+        part = copy.copy(self)
+        part.paths = [self.paths[i] for i in index.tolist()]
+        part.labels = self.labels[index]
+        return part
+
+    def load_batches(self, batches: list[torch.Tensor], workers: int = 0):
+        """(images, labels) for each index tensor in `batches`, decoded by `workers` processes in order."""
+        loader = torch.utils.data.DataLoader(self, batch_sampler=[b.tolist() for b in batches],
+                                             num_workers=workers, pin_memory=torch.cuda.is_available())
+        yield from loader
+
+    def sample(self, n: int) -> ArrayDataset:
+        """n images spread over the folder, in memory: enough to estimate normalisation statistics."""
+        index = torch.linspace(0, len(self) - 1, min(n, len(self))).long()
+        images, labels = zip(*(self[i] for i in index.tolist()))
+        return ArrayDataset(torch.stack(images), torch.stack(labels), self.classes)

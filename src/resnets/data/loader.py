@@ -1,4 +1,4 @@
-"""Reproducible, resumable batches from a dataset held in memory."""
+"""Reproducible, resumable batches from a dataset held in memory or streamed from disk."""
 
 import hashlib
 import math
@@ -6,7 +6,6 @@ from collections.abc import Iterator
 
 import torch
 
-from .arrays import ArrayDataset
 from .augment import pad_crop_flip
 
 
@@ -16,20 +15,22 @@ def _generator(*key) -> torch.Generator:
     return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little"))
 
 
-class InMemoryLoader:
-    """Batches (uint8 images, int64 labels) of an ArrayDataset, optionally shuffled and augmented.
+class BatchLoader:
+    """Batches (uint8 images, int64 labels) of a dataset, optionally shuffled and augmented.
 
-    Every random choice derives from (seed, epoch) for the order and (seed, epoch, batch) for the
-    augmentation, never from state carried between batches, so `epoch(e, start=k)` reproduces batches
-    k.. of `epoch(e)` exactly: resuming mid-epoch is bit-exact. Normalisation is left to the training loop.
+    The dataset is an ArrayDataset (in memory) or a FolderDataset (decoded by `workers` processes); either
+    way the augmentation runs here, on whole batches. Every random choice derives from (seed, epoch) for the
+    order and (seed, epoch, batch) for the augmentation, never from state carried between batches, so
+    `epoch(e, start=k)` reproduces batches k.. of `epoch(e)` exactly: resuming mid-epoch is bit-exact.
+    Normalisation is left to the training loop, which does it on the device.
     """
 
-    def __init__(self, ds: ArrayDataset, batch_size: int, *, shuffle: bool, pad: int = 0, flip: bool = False,
-                 seed: int = 0, drop_last: bool = False):
+    def __init__(self, ds, batch_size: int, *, shuffle: bool, pad: int = 0, flip: bool = False,
+                 seed: int = 0, drop_last: bool = False, workers: int = 0):
         if batch_size < 1:
             raise ValueError(f"batch_size must be positive, not {batch_size}")
         self.ds, self.batch_size, self.shuffle = ds, batch_size, shuffle
-        self.pad, self.flip, self.seed, self.drop_last = pad, flip, seed, drop_last
+        self.pad, self.flip, self.seed, self.drop_last, self.workers = pad, flip, seed, drop_last, workers
 
     def __len__(self) -> int:
         n = len(self.ds) / self.batch_size
@@ -41,9 +42,8 @@ class InMemoryLoader:
             order = torch.randperm(len(self.ds), generator=_generator("order", self.seed, epoch))
         else:
             order = torch.arange(len(self.ds))
-        for i in range(start, len(self)):
-            index = order[i * self.batch_size:(i + 1) * self.batch_size]
-            images = self.ds.images[index]
+        batches = [order[i * self.batch_size:(i + 1) * self.batch_size] for i in range(start, len(self))]
+        for i, (images, labels) in enumerate(self.ds.load_batches(batches, self.workers), start):
             if self.pad or self.flip:
                 images = pad_crop_flip(images, self.pad, self.flip, _generator("augment", self.seed, epoch, i))
-            yield images, self.ds.labels[index]
+            yield images, labels

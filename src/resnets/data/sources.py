@@ -1,14 +1,16 @@
 """Which dataset a path names, and the train / validation / test splits a run uses."""
 
+import os
 from pathlib import Path
 
 from ..errors import UserError
-from .arrays import ArrayDataset, split_validation
+from .arrays import split_validation
 from .cifar import load_cifar
 from .digits import load_digits
-from .folders import load_folder
+from .folders import FolderDataset, load_folder
 
 DIGITS = "digits"
+MEMORY_LIMIT = 4 << 30  # bytes of decoded uint8 images above which loader="auto" streams a folder
 
 
 def _is_cifar(path: Path) -> bool:
@@ -18,19 +20,30 @@ def _is_cifar(path: Path) -> bool:
     return bool(names & cifar) or path.name.endswith((".tar.gz", ".tgz"))
 
 
-def _folder(path: Path, image_size: int, cache_dir: str) -> ArrayDataset:
-    return load_folder(path, image_size or None, Path(cache_dir).expanduser() if cache_dir else None)
+def default_workers(workers: int) -> int:
+    return workers or min(8, os.cpu_count() or 1)
 
 
-def load_splits(path: str, image_size: int = 0, cache_dir: str = "",
-                download: bool = False) -> tuple[ArrayDataset, ArrayDataset | None]:
+def _folder(path: Path, data):
+    """The folder in memory or streamed, as data.loader says."""
+    size = data.image_size or None
+    if data.loader == "auto":
+        streamed = FolderDataset(path, size)
+        if len(streamed) * 3 * streamed.size**2 > MEMORY_LIMIT:
+            return streamed
+    elif data.loader == "stream":
+        return FolderDataset(path, size)
+    return load_folder(path, size, Path(data.cache_dir).expanduser() if data.cache_dir else None)
+
+
+def load_splits(path: str, data) -> tuple:
     """(train, test) for a data path; test is None when the path has no separate test/val part."""
     if path == DIGITS:
         return load_digits()
     if not path:
         raise UserError("no data: set data.path to a CIFAR archive or folder, an image folder, or 'digits'")
     root = Path(path).expanduser()
-    if download and not root.exists():
+    if data.download and not root.exists():
         return load_cifar(root, train=True, download=True), load_cifar(root, train=False)
     if not root.exists():
         raise UserError(f"data path {root} does not exist")
@@ -38,13 +51,13 @@ def load_splits(path: str, image_size: int = 0, cache_dir: str = "",
         return load_cifar(root, train=True), load_cifar(root, train=False)
     if (root / "train").is_dir():
         val = next((root / name for name in ("val", "test") if (root / name).is_dir()), None)
-        return _folder(root / "train", image_size, cache_dir), val and _folder(val, image_size, cache_dir)
-    return _folder(root, image_size, cache_dir), None
+        return _folder(root / "train", data), val and _folder(val, data)
+    return _folder(root, data), None
 
 
-def load_train_val(data) -> tuple[ArrayDataset, ArrayDataset]:
+def load_train_val(data) -> tuple:
     """The training set and the set validated on, as a DataSection asks."""
-    train, test = load_splits(data.path, data.image_size, data.cache_dir, data.download)
+    train, test = load_splits(data.path, data)
     if data.val_split:
         return split_validation(train, data.val_split, data.split_seed)
     if test is None:
@@ -52,7 +65,8 @@ def load_train_val(data) -> tuple[ArrayDataset, ArrayDataset]:
     return train, test
 
 
-def load_eval_set(path: str, image_size: int = 0, cache_dir: str = "") -> ArrayDataset:
+def load_eval_set(path: str, data):
     """What `resnets eval --data PATH` measures: the test split, or a plain folder as a whole."""
-    train, test = load_splits(path, image_size, cache_dir)
+    train, test = load_splits(path, data)
     return test if test is not None else train
+
