@@ -10,13 +10,14 @@ from .presets import PRESETS
 from .resnet import ResNet, ResNetConfig
 
 
-def _natural(name: str) -> tuple:
-    prefix, depth = re.fullmatch(r"(.*?)(\d*)", name).groups()
-    return prefix, int(depth or 0)
+def _natural(name: str) -> list:
+    # "resnext29_8x64d" -> ["resnext", 29, "_", 8, "x", 64, "d"]: numbers compare as numbers, so depths and
+    # widths sort in order (resnet20 < resnet110, resnext29_8x64d < resnext29_16x64d).
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name)]
 
 
 def list_models(pattern: str = "*") -> list[str]:
-    """Preset names matching a shell-style pattern, e.g. list_models("plain*"), in depth order."""
+    """Preset names matching a shell-style pattern, e.g. list_models("plain*"), in natural (depth) order."""
     return sorted((name for name in PRESETS if fnmatch.fnmatch(name, pattern)), key=_natural)
 
 

@@ -30,6 +30,14 @@ class ResNetConfig:
     zero_init_last: bool = False  # zero the last BN (last conv if preact) of every residual branch
     num_classes: int = 1000
     in_channels: int = 3
+    # Bottleneck 3x3 as `groups` paths of `width_per_group` channels per 64 of stage width (torchvision's names):
+    # ResNeXt's cardinality and base width (Xie et al. 2017); width_per_group=128 is Wide ResNet-50-2.
+    groups: int = 1
+    width_per_group: int = 64
+    dropout: float = 0.0  # Wide ResNet's dropout between the convolutions of each residual branch
+    # Stochastic depth (Huang et al. 2016): block l of L drops its residual branch with probability
+    # drop_path * l / L in training (their linear decay; 0.5 is their CIFAR setting); identity in evaluation.
+    drop_path: float = 0.0
 
     def __post_init__(self):
         choices = {"block": BLOCKS, "shortcut": SHORTCUTS, "stem": STEMS}
@@ -41,7 +49,7 @@ class ResNetConfig:
         object.__setattr__(self, "widths", tuple(self.widths))
         if len(self.depths) != len(self.widths) or not self.depths:
             raise UserError(f"depths {self.depths} and widths {self.widths} must be non-empty and of equal length")
-        for name in ("stem_width", "num_classes", "in_channels", *("depths", "widths")):
+        for name in ("stem_width", "num_classes", "in_channels", "groups", "width_per_group", "depths", "widths"):
             values = getattr(self, name)
             for v in values if isinstance(values, tuple) else (values,):
                 if not isinstance(v, int) or isinstance(v, bool) or v < 1:
@@ -49,6 +57,19 @@ class ResNetConfig:
         for name in ("preact", "stride_in_1x1", "zero_init_last"):
             if not isinstance(getattr(self, name), bool):
                 raise UserError(f"{name} must be true or false, got {getattr(self, name)!r}")
+        for name in ("dropout", "drop_path"):
+            p = getattr(self, name)
+            if not isinstance(p, int | float) or isinstance(p, bool) or not 0 <= p < 1:
+                raise UserError(f"{name} must be a probability in [0, 1), got {p!r}")
+            object.__setattr__(self, name, float(p))
+        if self.block == "basic" and (self.groups, self.width_per_group) != (1, 64):
+            # As torchvision's BasicBlock; a Wide ResNet widens basic blocks through `widths`.
+            raise UserError("groups and width_per_group apply to bottleneck blocks; widen basic blocks with widths")
+        if self.block == "bottleneck" and min(self.widths) * self.width_per_group < 64:
+            raise UserError(f"width_per_group={self.width_per_group} leaves no channel per group in a stage of "
+                            f"width {min(self.widths)}")
+        if self.drop_path and self.shortcut == "none":
+            raise UserError("drop_path drops residual branches; a plain net (shortcut='none') has none")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -73,13 +94,17 @@ class ResNet(nn.Module):
 
         channels = c.stem_width
         self.stage_names = []
+        index, total = 0, sum(c.depths)
         for i, (depth, width) in enumerate(zip(c.depths, c.widths)):
             blocks = []
             for j in range(depth):
                 stride = 2 if i > 0 and j == 0 else 1
-                block = ResidualBlock(
-                    channels, branch_layers(c.block, width, stride, c.stride_in_1x1), c.shortcut, c.preact
-                )
+                index += 1
+                layers = branch_layers(c.block, width, stride, c.stride_in_1x1, c.groups, c.width_per_group)
+                # Huang et al.'s linear decay: survival 1 - drop_path * l / L, from ~1 at the stem to
+                # 1 - drop_path at the last block (their p_L = 0.5 is drop_path = 0.5).
+                block = ResidualBlock(channels, layers, c.shortcut, c.preact, dropout=c.dropout,
+                                      drop_path=c.drop_path * index / total)
                 blocks.append(block)
                 channels = block.out_channels
             name = f"layer{i + 1}"
