@@ -60,28 +60,61 @@ def cmd_train(args) -> None:
 
 def cmd_eval(args) -> None:
     from . import checkpoint
-    from .data import load_eval_set
+    from .config import DataSection
+    from .data import default_workers, load_eval_set
     from .evaluate import evaluate, match_classes
     from .train import pick_device, use_bf16
 
     ckpt = checkpoint.load(args.checkpoint)
     model = checkpoint.build_model(ckpt)
     pre = ckpt["preprocessing"]
-    ds = load_eval_set(args.data, pre["input_size"] if Path(args.data).is_dir() else 0)
-    if ds.images.shape[1:] != (pre["in_channels"], pre["input_size"], pre["input_size"]):
-        raise UserError(f"{args.data} holds {tuple(ds.images.shape[1:])} images but the model takes "
+    data = DataSection(image_size=pre["input_size"] if Path(args.data).is_dir() else 0, cache_dir="")
+    ds = load_eval_set(args.data, data)
+    if ds.image_shape != (pre["in_channels"], pre["input_size"], pre["input_size"]):
+        raise UserError(f"{args.data} holds {ds.image_shape} images but the model takes "
                         f"{(pre['in_channels'], pre['input_size'], pre['input_size'])}")
     ds = match_classes(ds, ckpt["classes"])
     device = pick_device(args.device)
     bf16 = use_bf16(args.precision, device)
     model = model.to(device).to(memory_format=torch.channels_last)
-    result = evaluate(model, ds, pre["mean"].to(device), pre["std"].to(device), device, bf16)
+    result = evaluate(model, ds, pre["mean"].to(device), pre["std"].to(device), device, bf16,
+                      workers=default_workers(data.workers))
     result = {k: result[k] for k in ("top1_error", "top5_error", "images", "loss")}
     if args.json:
         print(json.dumps(result))
     else:
         print(f"{result['images']} images: top-1 error {result['top1_error']:.2%}, "
               f"top-5 error {result['top5_error']:.2%}, loss {result['loss']:.4f}")
+
+
+def cmd_predict(args) -> int:
+    from .export import load_model
+    from .predict import MAX_PIXELS, image_files, predict
+    from .train import pick_device
+
+    model, info = load_model(args.checkpoint, pick_device(args.device))
+    files = image_files(args.inputs)
+    failed = 0
+    for result in predict(model, info, files, args.top_k, args.batch_size, args.max_pixels or MAX_PIXELS):
+        if "error" in result:
+            failed += 1
+            print(f"resnets predict: error: {result['path']}: {result['error']}", file=sys.stderr)
+        if args.json:
+            print(json.dumps(result), flush=True)
+        elif "top" in result:
+            print(f"{result['path']}: " + ", ".join(f"{t['class']} {t['probability']:.3f}" for t in result["top"]))
+    if failed:
+        return 1  # some files were not classified
+
+
+def cmd_export(args) -> None:
+    from .export import export
+
+    result = export(args.checkpoint, args.out, args.format)
+    checker = {"onnx": "onnxruntime", "pt2": "torch.export.load", "safetensors": "resnets.load_model"}
+    print(f"wrote {result['path']} ({result['format']}, {result['bytes'] / 1e6:.1f} MB); {checker[result['format']]}"
+          f" vs PyTorch fp32 on 3 random images: max abs diff on logits {result['max_abs_diff']:.2e}"
+          f" (limit {result['limit']:.1e})")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -111,13 +144,32 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--precision", default="fp32", choices=("auto", "bf16", "fp32"))
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=cmd_eval)
+
+    p = jobs.add_parser("predict", help="classify image files with a checkpoint or safetensors export")
+    p.add_argument("checkpoint", help="a checkpoint, a run directory (its newest checkpoint) or a .safetensors export")
+    p.add_argument("inputs", nargs="+", metavar="IMAGE_OR_FOLDER", help="image files, or folders searched recursively")
+    p.add_argument("--top-k", type=int, default=5, help="classes shown per image (default 5)")
+    p.add_argument("--json", action="store_true", help="one JSON object per image and line (JSON Lines)")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--max-pixels", type=int, metavar="N",
+                   help="refuse images of more pixels as possible decompression bombs (default 50 million)")
+    p.add_argument("--device", default="auto")
+    p.set_defaults(func=cmd_predict)
+
+    p = jobs.add_parser("export", help="write a checkpoint as ONNX, a torch.export program or safetensors")
+    p.add_argument("checkpoint", help="a checkpoint, a run directory (its newest checkpoint) or a .safetensors export")
+    p.add_argument("--format", choices=("onnx", "pt2", "safetensors", "torchscript"),
+                   help="default: from --out's extension (.onnx, .pt2, .safetensors); torchscript is deprecated "
+                        "in torch, use pt2")
+    p.add_argument("--out", required=True, help="the file to write")
+    p.set_defaults(func=cmd_export)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        args.func(args)
+        status = args.func(args) or 0
     except UserError as e:
         if args.debug:
             traceback.print_exc()
@@ -126,4 +178,4 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"resnets {args.job}: interrupted", file=sys.stderr)
         return 130
-    return 0
+    return status

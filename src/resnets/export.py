@@ -1,0 +1,208 @@
+"""A trained network in portable formats, each checked against PyTorch before it is written; `load_model`.
+
+- onnx: the network with a dynamic batch dimension, run back in onnxruntime.
+- pt2: a `torch.export` program (`torch.export.load(path).module()`), run back in PyTorch. TorchScript is
+  not offered: torch 2.14 deprecates `torch.jit.trace` / `torch.jit.script` in favour of `torch.export`.
+- safetensors: the weights, with the model config and preprocessing as metadata; `load_model` reads it
+  without unpickling anything.
+
+Every format holds the network as trained: its input is the normalised image, (x / 255 - mean) / std, of
+shape (B, in_channels, input_size, input_size), and its output the logits. The class names and preprocessing
+travel with it (ONNX metadata_props, the .pt2 archive's extra file `resnets.json`, safetensors metadata).
+A file is written to a temporary name, read back and compared with the PyTorch model on a batch of 3 random
+images, and renamed into place only if the logits agree within `TOLERANCE`.
+"""
+
+import json
+import os
+import secrets
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import load_file, save_file
+
+from . import checkpoint
+from .errors import UserError
+from .models import ResNet, ResNetConfig
+
+FORMAT = "resnets-export-1"  # metadata "format" of every export
+TOLERANCE = 1e-4  # max abs difference on logits between an export and PyTorch fp32 (see export())
+EXTENSIONS = {"onnx": ".onnx", "pt2": ".pt2", "safetensors": ".safetensors"}
+STATS = ("mean", "std")  # preprocessing tensors; the rest of the preprocessing dict is ints
+
+
+def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[ResNet, dict]:
+    """(network in eval mode, info) from a checkpoint, a run directory (its newest checkpoint) or a safetensors
+    export. info = {"classes", "preprocessing", "model_config"}; preprocessing holds mean and std tensors and
+    input_size, resize, in_channels. Nothing is unpickled beyond tensors (checkpoints: weights_only=True).
+    """
+    path = Path(path)
+    if _is_safetensors(path):
+        config, state, classes, pre = _read_safetensors(path)
+    elif path.suffix == ".safetensors" and path.is_file():
+        raise UserError(f"{path} is not a safetensors file")
+    else:
+        ckpt = checkpoint.load(path)
+        missing = [k for k in ("model_config", "model", "classes", "preprocessing") if k not in ckpt]
+        if missing:
+            raise UserError(f"{path} lacks {', '.join(missing)}: not a complete resnets checkpoint")
+        config, state, classes, pre = ckpt["model_config"], ckpt["model"], ckpt["classes"], ckpt["preprocessing"]
+    # Checkpoints written before preprocessing recorded `resize` were trained on images of input_size.
+    pre = {**pre, "resize": pre.get("resize", pre["input_size"])}
+    try:
+        model = ResNet(ResNetConfig(**config))
+        model.load_state_dict(state)
+    except (TypeError, RuntimeError) as e:
+        raise UserError(f"{path}: the weights do not fit the model config ({str(e).strip().splitlines()[0]})") from None
+    if len(classes) != model.config.num_classes:
+        raise UserError(f"{path} names {len(classes)} classes for a network of {model.config.num_classes} outputs")
+    info = {"classes": list(classes), "preprocessing": pre, "model_config": model.config.to_dict()}
+    return model.to(device).eval(), info
+
+
+def export(source: str | Path, out: str | Path, format: str | None = None, tolerance: float = TOLERANCE) -> dict:
+    """Write the network of `source` (see load_model) to `out` as `format` (default: from out's extension).
+
+    Returns {"format", "path", "bytes", "max_abs_diff", "limit"}: the largest difference between the logits of
+    the written file (run by onnxruntime / torch.export / load_model) and the PyTorch fp32 model on 3 random
+    images, and the most allowed (`tolerance`, scaled up for logits above 10 in magnitude). Raises UserError and
+    leaves nothing at `out` if it is exceeded.
+    """
+    out = Path(out)
+    format = format or next((f for f, ext in EXTENSIONS.items() if out.suffix == ext), None)
+    if format == "torchscript":
+        raise UserError("TorchScript is deprecated in torch 2.14 (torch.jit warns on every call); "
+                        "use --format pt2 (torch.export, loaded with torch.export.load)")
+    if format not in EXTENSIONS:
+        raise UserError(f"say --format {' or '.join(EXTENSIONS)} (or give --out one of their extensions)")
+    model, info = load_model(source)
+    save, run = WRITERS[format]
+    x = _check_images(info["preprocessing"])
+    with torch.no_grad():
+        expected = model(x)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    # A fresh name for the writer to create (so the file gets the umask's permissions, not mkstemp's 0600),
+    # keeping the extension: torch.export warns about archives not named .pt2.
+    tmp = str(out.parent / f".{out.name}.{os.getpid()}-{secrets.token_hex(4)}.tmp{EXTENSIONS[format]}")
+    # fp32 keeps ~7 significant digits, so two correct runtimes differ in proportion to the logits' size: a few
+    # units in the last place of logits in the thousands (a deep net with extreme BN statistics) is 1e-3.
+    # `tolerance` is absolute for logits up to 10 in magnitude (trained classifiers), relative beyond.
+    limit = tolerance * max(1.0, expected.abs().max().item() / 10)
+    try:
+        save(model, info, tmp)
+        diff = (run(tmp, x) - expected).abs().max().item()
+        if not diff <= limit:  # also catches NaN
+            raise UserError(f"the {format} export's logits differ from PyTorch's by {diff:.3g} (> {limit:.3g}); "
+                            f"nothing written to {out}")
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, out)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+    return {"format": format, "path": str(out), "bytes": out.stat().st_size, "max_abs_diff": diff, "limit": limit}
+
+
+def _check_images(pre: dict, n: int = 3) -> torch.Tensor:
+    """n random uint8 images normalised as in training: realistic inputs, the same ones on every call."""
+    from .data import normalize  # resnets.data imports torchvision (seconds); `import resnets` stays light
+
+    shape = (n, pre["in_channels"], pre["input_size"], pre["input_size"])
+    images = torch.randint(0, 256, shape, dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    return normalize(images, pre["mean"], pre["std"])
+
+
+def _metadata(info: dict, stats: bool) -> dict[str, str]:
+    """str -> str metadata; mean/std as nested lists when `stats` (safetensors stores them as tensors)."""
+    pre = {k: (v.tolist() if k in STATS else v) for k, v in info["preprocessing"].items() if stats or k not in STATS}
+    return {"format": FORMAT, "model_config": json.dumps(info["model_config"]), "classes": json.dumps(info["classes"]),
+            "preprocessing": json.dumps(pre)}
+
+
+def _example(info: dict) -> torch.Tensor:
+    # Batch 2, not 1: torch.export specialises dimensions of size 0 and 1 to constants.
+    pre = info["preprocessing"]
+    return torch.zeros(2, pre["in_channels"], pre["input_size"], pre["input_size"])
+
+
+# ONNX ------------------------------------------------------------------------------------------------------------
+
+def _import_onnx():
+    try:
+        import onnx
+        import onnxruntime
+        import onnxscript  # noqa: F401  (torch.onnx's exporter needs it)
+    except ImportError as e:
+        raise UserError(f"--format onnx needs {e.name}: pip install 'resnets[onnx]'") from None
+    return onnx, onnxruntime
+
+
+def _save_onnx(model: ResNet, info: dict, path: str) -> None:
+    onnx, _ = _import_onnx()
+    batch = torch.export.Dim("batch")
+    # The torch.export-based exporter (the default since torch 2.9; the TorchScript-based one is deprecated).
+    program = torch.onnx.export(model, (_example(info),), None, input_names=["images"], output_names=["logits"],
+                                dynamic_shapes=({0: batch},), dynamo=True, verbose=False)
+    proto = program.model_proto  # weights embedded: every ResNet here is far below protobuf's 2 GB limit
+    onnx.helper.set_model_props(proto, _metadata(info, stats=True))
+    with open(path, "wb") as f:
+        f.write(proto.SerializeToString())
+
+
+def _run_onnx(path: str, x: torch.Tensor) -> torch.Tensor:
+    _, onnxruntime = _import_onnx()
+    session = onnxruntime.InferenceSession(path, providers=["CPUExecutionProvider"])
+    return torch.from_numpy(session.run(["logits"], {"images": x.numpy()})[0])
+
+
+# torch.export ----------------------------------------------------------------------------------------------------
+
+def _save_pt2(model: ResNet, info: dict, path: str) -> None:
+    program = torch.export.export(model, (_example(info),), dynamic_shapes=({0: torch.export.Dim("batch")},))
+    torch.export.save(program, path, extra_files={"resnets.json": json.dumps(_metadata(info, stats=True))})
+
+
+def _run_pt2(path: str, x: torch.Tensor) -> torch.Tensor:
+    with torch.no_grad():
+        return torch.export.load(path).module()(x)
+
+
+# safetensors -----------------------------------------------------------------------------------------------------
+
+def _save_safetensors(model: ResNet, info: dict, path: str) -> None:
+    tensors = {k: v.contiguous() for k, v in model.state_dict().items()}
+    tensors |= {f"preprocessing.{k}": info["preprocessing"][k].float().contiguous() for k in STATS}
+    save_file(tensors, path, metadata=_metadata(info, stats=False))
+
+
+def _run_safetensors(path: str, x: torch.Tensor) -> torch.Tensor:
+    model, _ = load_model(path)
+    with torch.no_grad():
+        return model(x)
+
+
+def _is_safetensors(path: Path) -> bool:
+    """A safetensors file starts with its JSON header's length (8 bytes, little-endian), then '{'."""
+    if not path.is_file():
+        return False
+    with open(path, "rb") as f:
+        head = f.read(9)
+    return len(head) == 9 and head[8:] == b"{" and int.from_bytes(head[:8], "little") <= path.stat().st_size - 8
+
+
+def _read_safetensors(path: Path) -> tuple[dict, dict, list[str], dict]:
+    """(model_config, state_dict, classes, preprocessing) of a safetensors export."""
+    try:
+        with safe_open(path, "pt") as f:
+            meta = f.metadata() or {}
+        if meta.get("format") != FORMAT:
+            raise UserError(f"{path} is a safetensors file but not a resnets export (no format={FORMAT} metadata)")
+        state = load_file(path)
+        pre = json.loads(meta["preprocessing"]) | {k: state.pop(f"preprocessing.{k}") for k in STATS}
+        return json.loads(meta["model_config"]), state, json.loads(meta["classes"]), pre
+    except (SafetensorError, OSError, KeyError, ValueError) as e:
+        raise UserError(f"{path} is a damaged resnets safetensors export ({str(e).strip()[:120]})") from None
+
+
+WRITERS = {"onnx": (_save_onnx, _run_onnx), "pt2": (_save_pt2, _run_pt2),
+           "safetensors": (_save_safetensors, _run_safetensors)}

@@ -1,0 +1,140 @@
+"""Classify image files with a trained network, preprocessed exactly as its training data was.
+
+Each file is decoded by Pillow into the network's channels (1: "L", 3: "RGB"), its shorter side resized to
+preprocessing["resize"], the centre input_size x input_size square taken, and normalised as in training.
+A file that cannot be read is reported and skipped; the others are still classified.
+"""
+
+import contextlib
+import warnings
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+from torchvision.transforms.v2 import functional as TF
+
+from .data import normalize
+from .data.folders import IMAGE_EXTENSIONS
+from .errors import UserError
+
+# Images with more pixels are refused as possible decompression bombs (a 100-byte PNG can claim 10^10 pixels,
+# 10 GB once decoded). 50 MP admits photos of all but medium-format cameras; Pillow's own default is 89 MP.
+MAX_PIXELS = 50_000_000
+SIXTEEN_BIT = ("I;16", "I;16L", "I;16B", "I;16N")
+
+
+class ImageError(Exception):
+    """One file that cannot be classified: its one-line reason."""
+
+
+def image_files(inputs: Iterable[str | Path]) -> list[Path]:
+    """Files to classify: folders searched recursively for IMAGE_EXTENSIONS (dot-files and dot-folders skipped),
+    files named explicitly taken whatever their extension (and reported later if missing or unreadable)."""
+    inputs, files = [Path(item) for item in inputs], []
+    for item in inputs:
+        if item.is_dir():
+            files += sorted(p for p in item.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()
+                            and not any(part.startswith(".") for part in p.relative_to(item).parts))
+        else:
+            files.append(item)
+    if not files:
+        raise UserError(f"no image files ({' '.join(sorted(IMAGE_EXTENSIONS))}) in {', '.join(map(str, inputs))}")
+    return files
+
+
+@contextlib.contextmanager
+def _pillow():
+    """Pillow with its own pixel limit off (read_image checks the size, with a clearer message) and without its
+    warning about palette images with a transparent colour (whose alpha is dropped anyway)."""
+    before = Image.MAX_IMAGE_PIXELS
+    Image.MAX_IMAGE_PIXELS = None
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", "Palette images with Transparency", UserWarning)
+            yield
+    finally:
+        Image.MAX_IMAGE_PIXELS = before
+
+
+def _to_mode(image: Image.Image, mode: str) -> Image.Image:
+    """`image` as 8-bit "L" or "RGB".
+
+    Alpha is dropped, not composited: training's decoder (torchvision, ImageReadMode.RGB) drops it too, so a
+    transparent PNG is seen as the network saw such files in training. 16-bit (and 32-bit integer) grey is
+    scaled to 0..255 (Pillow's own convert("L") clips everything above 255 to white). Palette, 1-bit, CMYK and
+    YCbCr go through Pillow's conversions; RGB -> L is Pillow's ITU-R 601 luma.
+    """
+    if image.mode in SIXTEEN_BIT or image.mode in ("I", "F"):
+        values = np.asarray(image, dtype=np.float32)  # exact up to 2^24
+        # "I" also holds 8-bit data (e.g. converted from L); only values above 255 mean a 16-bit range.
+        top = 65535 if image.mode in SIXTEEN_BIT or values.max() > 255 else 255
+        image = Image.fromarray(np.rint(values.clip(0, top) * (255 / top)).astype(np.uint8))
+    elif image.mode not in ("L", "RGB"):
+        image = image.convert("L" if image.mode in ("1", "LA", "La") else "RGB")
+    return image.convert(mode)
+
+
+def read_image(path: str | Path, channels: int, max_pixels: int = MAX_PIXELS) -> torch.Tensor:
+    """(channels, H, W) uint8 of an image file in any mode Pillow reads; ImageError with the reason if not."""
+    try:
+        with _pillow(), Image.open(path) as image:  # reads the header only
+            width, height = image.size
+            if width * height > max_pixels:  # before a single pixel is decoded
+                raise ImageError(f"{width}x{height} is {width * height:,} pixels, over the limit of {max_pixels:,} "
+                                 "(--max-pixels): refused as a possible decompression bomb")
+            image.load()  # decodes now: a truncated file fails here, not later
+            image = _to_mode(image, "L" if channels == 1 else "RGB")
+    except ImageError:
+        raise
+    except FileNotFoundError:
+        raise ImageError("no such file") from None
+    except IsADirectoryError:
+        raise ImageError("is a folder") from None
+    except UnidentifiedImageError:
+        raise ImageError("not an image (or a format Pillow cannot read)") from None
+    except Exception as e:  # truncated or damaged data; whatever a decoder raises, it is this file's problem
+        reason = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+        raise ImageError(f"unreadable image ({reason})") from None
+    pixels = torch.from_numpy(np.array(image))  # (H, W) or (H, W, 3)
+    return pixels[None] if pixels.ndim == 2 else pixels.permute(2, 0, 1).contiguous()
+
+
+def fit(image: torch.Tensor, resize: int, size: int) -> torch.Tensor:
+    """Shorter side resized to `resize`, then the centre `size` x `size` square (as data.folders does)."""
+    if resize == size and image.shape[-2:] == (size, size):
+        return image  # nothing to do (and no resampling of pixels that already fit)
+    return TF.center_crop(TF.resize(image, resize, antialias=True), [size, size])
+
+
+def predict(model, info: dict, paths: list[Path], top_k: int = 5, batch_size: int = 64,
+            max_pixels: int = MAX_PIXELS) -> Iterator[dict]:
+    """For each path, in order: {"path", "top": [{"class", "probability"}, ...] best first} or {"path", "error"}.
+
+    `model` and `info` as `resnets.load_model` returns them; files are decoded and classified `batch_size`
+    at a time, in fp32 on the model's device.
+    """
+    if top_k < 1 or batch_size < 1:
+        raise UserError(f"top-k and batch size must be at least 1, not {top_k} and {batch_size}")
+    pre, classes = info["preprocessing"], info["classes"]
+    device = next(model.parameters()).device
+    model.eval()
+    for start in range(0, len(paths), batch_size):
+        results, images = [], []
+        for path in paths[start: start + batch_size]:
+            results.append({"path": str(path)})
+            try:
+                images.append(fit(read_image(path, pre["in_channels"], max_pixels), pre["resize"], pre["input_size"]))
+            except ImageError as e:
+                results[-1]["error"] = str(e)
+        if images:
+            x = normalize(torch.stack(images).to(device), pre["mean"], pre["std"])  # (B, C, S, S) float32
+            with torch.no_grad():
+                top = model(x).float().softmax(1).topk(min(top_k, len(classes)), 1)
+            found = iter(zip(top.values.tolist(), top.indices.tolist()))
+            for result in results:
+                if "error" not in result:
+                    probs, index = next(found)
+                    result["top"] = [{"class": classes[i], "probability": p} for p, i in zip(probs, index)]
+        yield from results

@@ -1,0 +1,194 @@
+import io
+import json
+import struct
+import zlib
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from resnets import checkpoint, create_model, load_model
+from resnets.cli import main
+from resnets.data import load_digits, normalize
+from resnets.data.folders import _decode, _fit, scan_folder
+from resnets.evaluate import evaluate
+from resnets.predict import fit, predict, read_image
+from resnets.train import train
+
+from .fakedata import make_image_folder
+from .test_train import tiny
+
+
+def train_briefly(run):
+    """ResNet-20 on the 8x8 digits for 8 iterations: 1 input channel, per-pixel mean; about a second.
+
+    On one thread: with torch's default two, measured on a 2-core machine busy with other processes, the
+    threads wait on each other and the same run took 32 s instead of 0.8 s.
+    """
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        train(tiny(**{"schedule.iterations": 8, "run.eval_every": 8, "schedule.milestones": [4]}), run)
+    finally:
+        torch.set_num_threads(threads)
+    return run
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    return train_briefly(tmp_path_factory.mktemp("predict") / "run")
+
+
+@pytest.fixture(scope="module")
+def digits(tmp_path_factory):
+    """40 test digits as 8x8 greyscale PNGs, with their uint8 pixels and labels."""
+    _, test = load_digits()
+    folder = tmp_path_factory.mktemp("digits")
+    paths = []
+    for i in range(40):
+        paths.append(folder / f"{i:02d}.png")
+        Image.fromarray(test.images[i, 0].numpy()).save(paths[-1])
+    return paths, test.subset(torch.arange(40))
+
+
+def png_claiming(width: int, height: int) -> bytes:
+    """A few dozen bytes of PNG whose header claims width x height pixels: a decompression bomb's first step."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)  # 8-bit grey
+    body = chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
+    return b"\x89PNG\r\n\x1a\n" + body
+
+
+def test_predictions_are_the_evaluation_paths(run, digits, capsys):
+    """Files through `resnets predict` get the probabilities of the tensors `resnets eval` feeds the model."""
+    paths, ds = digits
+    model, info = load_model(run)
+    pre = info["preprocessing"]
+    assert pre["mean"].shape == (1, 8, 8) and pre["resize"] == 8  # the paper's per-pixel mean, as trained
+    capsys.readouterr()
+    assert main(["predict", str(run), str(paths[0].parent), "--json", "--top-k", "10", "--batch-size", "16"]) == 0
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [r["path"] for r in lines] == [str(p) for p in paths]
+    with torch.no_grad():
+        direct = model(normalize(ds.images, pre["mean"], pre["std"])).softmax(1)
+    got = torch.tensor([[t["probability"] for t in sorted(r["top"], key=lambda t: int(t["class"]))] for r in lines])
+    torch.testing.assert_close(got, direct, rtol=0, atol=1e-5)
+    top1 = torch.tensor([int(r["top"][0]["class"]) for r in lines])
+    assert (top1 != ds.labels).float().mean().item() == pytest.approx(evaluate(model, ds, pre["mean"], pre["std"],
+                                                                               torch.device("cpu"))["top1_error"])
+    # The table: one line per image, best class first.
+    capsys.readouterr()
+    assert main(["predict", str(run), str(paths[0]), "--top-k", "2"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"{paths[0]}: {lines[0]['top'][0]['class']} ") and out.count("\n") == 1
+    assert out.count(",") == 1
+
+
+def test_bad_files_are_one_line_errors_and_the_rest_is_classified(run, tmp_path, capsys):
+    folder = tmp_path / "mixed"
+    (folder / "sub").mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    rgb = rng.integers(0, 256, (12, 10, 3), dtype=np.uint8)  # 10 wide, 12 high: resized and centre-cropped
+    good = {
+        "gray.png": Image.fromarray(rgb[..., 0]),
+        "rgba.png": Image.fromarray(np.dstack([rgb, rgb[..., :1]]), "RGBA"),
+        "sub/palette.png": Image.fromarray(rgb).convert("P"),
+        "cmyk.jpg": Image.fromarray(rgb).convert("CMYK"),
+        "gray16.png": Image.fromarray(rgb[..., 0].astype(np.uint16) * 257),
+        "bits.png": Image.fromarray(rgb[..., 0] > 127),
+        "la.png": Image.fromarray(rgb[..., 0]).convert("LA"),
+    }
+    for name, image in good.items():
+        image.save(folder / name, **({"transparency": 0} if image.mode == "P" else {}))  # palette with a clear colour
+    assert Image.open(folder / "gray16.png").mode == "I;16" and Image.open(folder / "cmyk.jpg").mode == "CMYK"
+    (folder / "x.jpg").write_text("not an image")
+    jpeg = io.BytesIO()
+    Image.fromarray(rgb).save(jpeg, "JPEG")
+    (folder / "truncated.jpg").write_bytes(jpeg.getvalue()[: len(jpeg.getvalue()) // 2])
+    (folder / "bomb.png").write_bytes(png_claiming(100_000, 100_000))  # 10^10 pixels in 100 bytes
+    (folder / "notes.txt").write_text("not looked at: folders are searched for image extensions only")
+    (folder / ".hidden.png").write_bytes(b"tool debris, skipped")
+    missing = tmp_path / "missing.png"
+    big = tmp_path / "big.png"
+    Image.new("L", (400, 300)).save(big)  # real, but over --max-pixels 100000
+
+    capsys.readouterr()
+    assert main(["predict", str(run), str(folder), str(missing), str(big), "--max-pixels", "100000",
+                 "--top-k", "3"]) == 1
+    captured = capsys.readouterr()
+    classified = {line.split(": ")[0] for line in captured.out.splitlines()}
+    assert classified == {str(folder / name) for name in good}
+    errors = captured.err.splitlines()
+    assert len(errors) == 5 and all(line.startswith("resnets predict: error: ") for line in errors)
+    reasons = {line.split(": ")[2]: line for line in errors}
+    bad = {str(folder / n) for n in ("x.jpg", "truncated.jpg", "bomb.png")}
+    assert reasons.keys() == bad | {str(missing), str(big)}
+    assert "not an image" in reasons[str(folder / "x.jpg")]
+    assert "truncated" in reasons[str(folder / "truncated.jpg")].lower()
+    assert "100000x100000 is 10,000,000,000 pixels" in reasons[str(folder / "bomb.png")]  # at the default limit
+    assert "decompression bomb" in reasons[str(big)] and "no such file" in reasons[str(missing)]
+    # --json: an object per file, errors included, in order.
+    assert main(["predict", str(run), str(folder / "gray.png"), str(folder / "x.jpg"), "--json"]) == 1
+    objects = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [len(o["top"]) for o in objects[:1]] == [5] and objects[1]["error"].startswith("not an image")
+    # The default limit admits the 400x300 image.
+    assert main(["predict", str(run), str(big)]) == 0
+
+
+def test_modes_are_converted_not_clipped(tmp_path):
+    rng = np.random.default_rng(1)
+    rgb = rng.integers(0, 256, (6, 5, 3), dtype=np.uint8)
+    Image.fromarray((np.arange(4, dtype=np.uint16) * 21845).reshape(2, 2)).save(tmp_path / "g16.png")
+    # 16-bit grey 0, 21845, 43690, 65535 is 0, 85, 170, 255 in 8 bits; Pillow's convert("L") would clip to 255.
+    assert read_image(tmp_path / "g16.png", 1).flatten().tolist() == [0, 85, 170, 255]
+    assert read_image(tmp_path / "g16.png", 3).shape == (3, 2, 2)
+    Image.fromarray(np.dstack([rgb, np.zeros_like(rgb[..., :1])]), "RGBA").save(tmp_path / "rgba.png")
+    expected = torch.from_numpy(rgb).permute(2, 0, 1)
+    assert torch.equal(read_image(tmp_path / "rgba.png", 3), expected)  # alpha dropped, colours kept
+    Image.fromarray(rgb).convert("CMYK").save(tmp_path / "cmyk.tif")
+    assert torch.equal(read_image(tmp_path / "cmyk.tif", 3), expected)
+    Image.fromarray(rgb[..., 0] > 127).save(tmp_path / "bits.png")
+    assert read_image(tmp_path / "bits.png", 1).unique().tolist() == [0, 255]
+    assert torch.equal(read_image(tmp_path / "rgba.png", 1), read_image(tmp_path / "cmyk.tif", 1))
+    # ImageNet-style resize 256 / crop 224: an image already 224 x 224 is enlarged and cropped all the same.
+    square = torch.from_numpy(rng.integers(0, 256, (3, 8, 8), dtype=np.uint8))
+    assert torch.equal(fit(square, 8, 8), square) and not torch.equal(fit(square, 10, 8), square)
+    assert fit(torch.zeros(3, 30, 60, dtype=torch.uint8), 10, 8).shape == (3, 8, 8)
+
+
+def test_colour_images_are_preprocessed_as_training_decoded_them(tmp_path):
+    """PIL here, torchvision in training: the same uint8 pixels for PNG, JPEG, BMP, GIF and RGBA files."""
+    root = make_image_folder(tmp_path / "folder", classes=2, per_class=4, size=40, extras=True)
+    paths, _, _ = scan_folder(root)
+    readable = [p for p in paths if p.name != "corrupt.jpg"]
+    for path in readable:
+        assert torch.equal(fit(read_image(path, 3), 32, 32), _fit(_decode(path), 32)), path
+    # Colour preprocessing with resize > input size, random weights: every readable file gets a prediction.
+    model = create_model("resnet20", num_classes=2).eval()
+    pre = {"mean": torch.full((3, 1, 1), 0.5), "std": torch.full((3, 1, 1), 0.25), "input_size": 32, "resize": 36,
+           "in_channels": 3}
+    results = list(predict(model, {"classes": ["a", "b"], "preprocessing": pre}, paths, top_k=1, batch_size=4))
+    assert [r["path"] for r in results if "top" in r] == [str(p) for p in readable]
+    with torch.no_grad():
+        x = normalize(torch.stack([fit(read_image(p, 3), 36, 32) for p in readable]), pre["mean"], pre["std"])
+        best = model(x).softmax(1).max(1).values
+    torch.testing.assert_close(torch.tensor([r["top"][0]["probability"] for r in results if "top" in r]), best)
+
+
+def test_bad_checkpoints_and_arguments_exit_2(run, digits, tmp_path, capsys):
+    image = str(digits[0][0])
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "junk.pt").write_bytes(b"junk")
+    for args, message in [
+        (["predict", str(tmp_path / "nope.pt"), image], "does not exist"),
+        (["predict", str(tmp_path / "junk.pt"), image], "corrupt"),
+        (["predict", str(run), str(tmp_path / "empty")], "no image files"),
+        (["predict", str(run), image, "--top-k", "0"], "at least 1"),
+    ]:
+        capsys.readouterr()
+        assert main(args) == 2
+        err = capsys.readouterr().err
+        assert message in err and err.count("\n") == 1, err
+    assert checkpoint.load(run)["format"] == checkpoint.FORMAT
