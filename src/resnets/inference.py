@@ -1,0 +1,163 @@
+"""Fast CPU inference: BN folding, channels_last + bf16, torch.compile, and INT8 post-training quantization.
+
+`prepare(model, mode)` turns a trained `ResNet` into a callable from normalised float (N, C, H, W) images to
+fp32 logits. The modes, each a step beyond the one before:
+
+    fp32      the model as trained, eager, NCHW: the reference every other mode is tested against.
+    folded    every BatchNorm that directly follows a convolution folded into that convolution's weight and
+              bias (exact up to float rounding: eval-mode BN is an affine map per channel).
+    bf16      folded + channels_last + bf16 autocast: oneDNN runs the convolutions on AMX / AVX512-BF16.
+    compiled  bf16 + torch.compile with Inductor's freezing: weights become constants, so oneDNN weight
+              reordering is done once and convolutions fuse with their ReLU and residual addition.
+    int8      PT2E post-training quantization through torchao's X86InductorQuantizer (int8 activations per
+              tensor, int8 weights per channel, calibrated on a few batches), then torch.compile with
+              freezing, which lowers the quantized graph to oneDNN int8 kernels (AMX-INT8 / VNNI).
+
+The compiled modes compile on the first call (tens of seconds to minutes on a small CPU); every new input
+shape compiles again, so warm them up with the batch size they will serve.
+"""
+
+import contextlib
+import copy
+from collections.abc import Callable, Iterable
+from typing import Literal
+
+import torch
+from torch import nn
+from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+from .errors import UserError
+from .models.resnet import ResNet
+
+Mode = Literal["fp32", "folded", "bf16", "compiled", "int8"]
+MODES: tuple[str, ...] = ("fp32", "folded", "bf16", "compiled", "int8")
+# Inductor options for CPU inference. Freezing turns parameters into constants so the convolutions' weights
+# are packed for oneDNN once, at compile time, instead of being reordered on every call.
+COMPILE_OPTIONS = {"freezing": True}
+
+
+def _fold(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> nn.Conv2d:
+    # fuse_conv_bn_eval computes w * gamma / sqrt(var + eps) and (b - mean) * gamma / sqrt(var + eps) + beta.
+    return fuse_conv_bn_eval(conv, bn)
+
+
+def fold_batchnorm(model: ResNet) -> ResNet:
+    """A copy of `model` in eval mode with every BatchNorm that follows a convolution folded into it.
+
+    Folded: the stem (conv1 -> bn1); in post-activation blocks every conv{i} -> bn{i} pair and the projection
+    Sequential(Conv2d, BatchNorm2d); in pre-activation blocks (BN -> ReLU -> conv) bn{i+1}, which normalises
+    conv{i}'s output, into conv{i}. Left alone, because no convolution directly precedes them: a
+    pre-activation block's bn1 (it normalises the sum of the previous block, which the identity shortcut
+    also carries unnormalised) and the final BN of pre-activation nets. Folded BNs become nn.Identity, so
+    the blocks' forward passes are unchanged (they look layers up by name).
+    """
+    model = copy.deepcopy(model).eval()
+    if isinstance(model.bn1, nn.BatchNorm2d):
+        model.conv1, model.bn1 = _fold(model.conv1, model.bn1), nn.Identity()
+    for block in model.blocks():
+        if block.preact:
+            for i in range(1, block.depth):  # bn{i+1} follows conv{i}, with nothing in between
+                conv, _ = block.layer(i)
+                _, bn = block.layer(i + 1)
+                setattr(block, f"conv{i}", _fold(conv, bn))
+                setattr(block, f"bn{i + 1}", nn.Identity())
+        else:
+            for i in range(1, block.depth + 1):
+                conv, bn = block.layer(i)
+                setattr(block, f"conv{i}", _fold(conv, bn))
+                setattr(block, f"bn{i}", nn.Identity())
+        ds = block.downsample
+        if isinstance(ds, nn.Sequential) and len(ds) == 2 and isinstance(ds[1], nn.BatchNorm2d):
+            block.downsample = _fold(ds[0], ds[1])
+    return model
+
+
+class Predictor:
+    """A prepared network: call it with normalised float (N, C, H, W) images to get fp32 (N, classes) logits.
+
+    Runs under torch.inference_mode; converts the input to channels_last and runs under bf16 autocast when
+    the mode asks. `module` is what actually runs (eager module, compiled module or quantized graph).
+    """
+
+    def __init__(self, mode: str, module: Callable, channels_last: bool, bf16: bool, compiled: bool = False):
+        self.mode, self.module, self.channels_last, self.bf16 = mode, module, channels_last, bf16
+        self.compiled = compiled
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        with contextlib.ExitStack() as stack:
+            stack.enter_context(torch.inference_mode())
+            if self.compiled:
+                # Compilation happens on the first call with each new input shape, so the options must be in
+                # force around every call. torch.compile(options={"freezing": True}) is not enough in torch
+                # 2.14: the patch misses the point where parameters are inlined as constants, leaving the
+                # weights as graph inputs (measured: no freezing, and int8 fails on onednn.qconv_prepack).
+                stack.enter_context(torch._inductor.config.patch(COMPILE_OPTIONS))
+            if self.bf16:
+                stack.enter_context(torch.autocast("cpu", dtype=torch.bfloat16))
+            if self.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            return self.module(x).float()
+
+    def __repr__(self) -> str:
+        return f"Predictor(mode={self.mode!r}, channels_last={self.channels_last}, bf16={self.bf16})"
+
+
+def _channels_last(model: nn.Module) -> nn.Module:
+    return model.to(memory_format=torch.channels_last)
+
+
+def quantize_int8(model: ResNet, calibration: Iterable[torch.Tensor]) -> torch.fx.GraphModule:
+    """Post-training static INT8 quantization (PT2E) of a ResNet with torchao's X86 Inductor quantizer.
+
+    The model is exported, observers are inserted where the quantizer says (convolutions and linear layers:
+    int8 per-channel symmetric weights, uint8 per-tensor affine activations), each calibration batch is run
+    once to record activation ranges, and convert_pt2e replaces observers by quantize/dequantize pairs that
+    Inductor (with freezing) pattern-matches into int8 oneDNN kernels. The batch dimension is exported as
+    dynamic, so calibration batches and served batches may differ in size.
+    """
+    try:
+        from torchao.quantization.pt2e import move_exported_model_to_eval
+        from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+        from torchao.quantization.pt2e.quantizer.x86_inductor_quantizer import (
+            X86InductorQuantizer,
+            get_default_x86_inductor_quantization_config,
+        )
+    except ImportError as e:  # an optional extra: pip install resnets[int8]
+        raise UserError(f"int8 inference needs torchao (pip install 'resnets[int8]'): {e}") from None
+    batches = list(calibration)
+    if not batches:
+        raise UserError("int8 inference needs calibration images: a few batches of normalised inputs")
+    model = copy.deepcopy(model).eval()
+    example = batches[0][:2] if len(batches[0]) > 1 else torch.cat([batches[0]] * 2)
+    batch = torch.export.Dim("batch", min=1)
+    exported = torch.export.export(model, (example,), dynamic_shapes=({0: batch},), strict=True).module()
+    quantizer = X86InductorQuantizer().set_global(get_default_x86_inductor_quantization_config())
+    prepared = prepare_pt2e(exported, quantizer)
+    with torch.no_grad():
+        for x in batches:
+            prepared(x)
+    converted = convert_pt2e(prepared)
+    move_exported_model_to_eval(converted)
+    return converted
+
+
+def prepare(model: ResNet, mode: Mode = "fp32", calibration: Iterable[torch.Tensor] | None = None) -> Predictor:
+    """`model` (left untouched) ready to serve in `mode`; see the module docstring for what each mode does.
+
+    `calibration`: normalised float batches, needed (and only used) by mode "int8".
+    """
+    if mode not in MODES:
+        raise UserError(f"unknown inference mode {mode!r}; use one of {', '.join(MODES)}")
+    if mode == "fp32":
+        return Predictor(mode, copy.deepcopy(model).eval(), channels_last=False, bf16=False)
+    if mode == "folded":
+        return Predictor(mode, fold_batchnorm(model), channels_last=False, bf16=False)
+    if mode == "bf16":
+        return Predictor(mode, _channels_last(fold_batchnorm(model)), channels_last=True, bf16=True)
+    if mode == "compiled":
+        module = _channels_last(fold_batchnorm(model))
+        return Predictor(mode, torch.compile(module), channels_last=True, bf16=True, compiled=True)
+    if calibration is None:
+        raise UserError("mode 'int8' needs calibration batches")
+    module = quantize_int8(model, calibration)
+    return Predictor(mode, torch.compile(module), channels_last=True, bf16=False, compiled=True)
