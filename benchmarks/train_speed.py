@@ -24,6 +24,7 @@ import tarfile
 import tempfile
 import time
 from pathlib import Path
+from statistics import median
 
 import torch
 import torch.nn.functional as F
@@ -98,32 +99,29 @@ def baseline_loader(root: Path, indices: list[int], train: bool) -> DataLoader:
     return DataLoader(ds, batch_size=500, num_workers=2)
 
 
-def baseline_train(name: str, root: Path, train_idx: list[int], iterations: int, warmup: int,
-                   milestones: list[int] = ()) -> tuple[torch.nn.Module, float]:
-    """(model, images/s over iterations warmup..iterations-1); the clock starts after the warm-up steps,
-    so with warmup > 0 it excludes the workers' start-up and the first (slow) steps."""
+def baseline_train(name: str, root: Path, train_idx: list[int], iterations: int, warmup: int, chunk: int,
+                   milestones: list[int] = ()) -> tuple[torch.nn.Module, list[float]]:
+    """(model, images/s of each `chunk` iterations after the first `warmup`); the clock starts after the
+    warm-up steps, so with warmup > 0 the workers' start-up and the first (slow) steps are excluded."""
     torch.manual_seed(0)
     model = resnets.create_model(name, num_classes=10)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4)
     scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, list(milestones), gamma=0.1)
     loader = baseline_loader(root, train_idx, train=True)
     model.train()
-    done, start = 0, time.perf_counter()
-    while done < iterations:
+    times = [time.perf_counter()]  # times[k]: when step k finished (times[0]: the start)
+    while len(times) <= iterations:
         for x, y in loader:
             loss = F.cross_entropy(model(x), y)
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
             scheduler.step()
-            done += 1
-            if done == warmup:
-                start = time.perf_counter()
-            if done == iterations:
+            times.append(time.perf_counter())
+            if len(times) > iterations:
                 break
-    rate = (iterations - warmup) * BATCH / (time.perf_counter() - start)
     del loader  # shuts the persistent workers down before the next measurement
-    return model, rate
+    return model, [chunk * BATCH / (times[k + chunk] - times[k]) for k in range(warmup, iterations, chunk)]
 
 
 @torch.no_grad()
@@ -160,6 +158,22 @@ def engine_train(cfg) -> list[dict]:
 # ---------------------------------------------------------------------------------------------- report
 
 
+def cpu_clock() -> tuple[float, float, float]:
+    """(wall s, CPU s the whole machine was busy, CPU s this process and its reaped children used)."""
+    with open("/proc/stat") as f:
+        ticks = [int(v) for v in f.readline().split()[1:]]
+    own = os.times()
+    busy = (sum(ticks[:8]) - ticks[3] - ticks[4]) / os.sysconf("SC_CLK_TCK")  # all but idle and iowait; steal counts
+    return time.perf_counter(), busy, own.user + own.system + own.children_user + own.children_system
+
+
+def others_share(before: tuple, after: tuple) -> float:
+    """Fraction of the machine's CPU time that other processes (or the hypervisor) took in between:
+    the benchmark shares the machine, and whatever they take slows both pipelines down."""
+    wall, busy, own = (b - a for a, b in zip(before, after))
+    return max(0.0, busy - own) / (wall * os.cpu_count())
+
+
 def machine() -> str:
     cpu = platform.processor() or "unknown CPU"
     with open("/proc/cpuinfo") as f:
@@ -170,64 +184,79 @@ def machine() -> str:
             f"Python {platform.python_version()}")
 
 
+def table(args, speed: dict, others: dict, error: dict) -> str:
+    n = args.accuracy_iterations
+    lines = [(f"| network | pipeline | images/s (median, range) | vs baseline | CPU taken by others | "
+             f"held-out top-1 error{f' after {n} it.' if n else ''} |"), "|---|---|---:|---:|---:|---:|"]
+    for name in args.networks:
+        for pipe, label in (("baseline", "(a) baseline: eager fp32 NCHW, per-image transforms, 2 workers"),
+                            ("ours", "(b) ours: `resnets train`, paper recipe defaults")):
+            rates = speed[name, pipe]
+            err = f"{error[name, pipe]:.2%}" if (name, pipe) in error else "-"
+            lines.append(f"| {name} | {label} | {median(rates):.0f} ({min(rates):.0f}-{max(rates):.0f}) | "
+                         f"{median(rates) / median(speed[name, 'baseline']):.2f}x | {others[name, pipe]:.0%} | {err} |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--data", help="CIFAR-10 jpg folder root/<class>/<image> (default: the shared archive, extracted)")
     p.add_argument("--networks", nargs="+", default=list(NETWORKS))
-    p.add_argument("--warmup", type=int, default=10, help="untimed iterations before the timed ones")
-    p.add_argument("--iterations", type=int, default=40, help="timed iterations per network and pipeline")
+    p.add_argument("--warmup", type=int, default=10, help="untimed iterations first (a multiple of --chunk)")
+    p.add_argument("--iterations", type=int, default=40, help="timed iterations per cell (a multiple of --chunk)")
+    p.add_argument("--chunk", type=int, default=10, help="iterations per timing; the median chunk is reported")
     p.add_argument("--accuracy-iterations", type=int, default=1000,
-                   help="length of the short schedule trained by both on the first network (0: skip)")
+                   help="length of the short schedule both train on the first network (0: skip)")
     args = p.parse_args()
+    if args.warmup % args.chunk or args.iterations % args.chunk or args.warmup < args.chunk or not args.iterations:
+        p.error("--warmup and --iterations must be positive multiples of --chunk")
     root = find_data(args.data)
     wall = time.perf_counter()
     split_seed = engine_config(args.networks[0], root, 1, 1).data.split_seed
     train_idx, val_idx = split_indices(root, split_seed)
     say(f"data: {root} ({len(train_idx)} train / {len(val_idx)} held-out images, split seed {split_seed})")
 
-    speed = {}  # (network, pipeline) -> images/s
+    speed, others, error = {}, {}, {}  # (network, pipeline) -> images/s per chunk, CPU share of others, error
     for name in args.networks:
         say(f"== {name}: baseline, {args.warmup} warm-up + {args.iterations} timed iterations")
-        speed[name, "baseline"] = baseline_train(name, root, train_idx, args.warmup + args.iterations, args.warmup)[1]
-        say(f"   {speed[name, 'baseline']:.1f} images/s")
-        # eval_every = warmup: the engine's first interval holds the warm-up, the second (what we read) only
-        # the timed iterations; the evaluation between them is outside both.
-        cfg = engine_config(name, root, args.warmup + args.iterations, args.warmup)
-        say(f"== {name}: ours (precision={cfg.run.precision}, channels_last={cfg.run.channels_last}, "
+        clock = cpu_clock()
+        speed[name, "baseline"] = baseline_train(name, root, train_idx, args.warmup + args.iterations, args.warmup,
+                                                 args.chunk)[1]
+        others[name, "baseline"] = others_share(clock, cpu_clock())
+        # eval_every = chunk: the engine reports images/s per interval between evaluations (evaluation not
+        # counted), so its first warmup/chunk intervals are the warm-up and the rest are the timed chunks.
+        cfg = engine_config(name, root, args.warmup + args.iterations, args.chunk)
+        say(f"== {name}: ours (run.precision={cfg.run.precision}, channels_last={cfg.run.channels_last}, "
             f"compile={cfg.run.compile}), {args.warmup} warm-up + {args.iterations} timed iterations")
-        speed[name, "ours"] = engine_train(cfg)[-1]["images_per_s"]
-        say(f"   {speed[name, 'ours']:.1f} images/s")
+        clock = cpu_clock()
+        speed[name, "ours"] = [m["images_per_s"] for m in engine_train(cfg)[args.warmup // args.chunk:]]
+        others[name, "ours"] = others_share(clock, cpu_clock())
+        say(f"   images/s per chunk: baseline {[round(r) for r in speed[name, 'baseline']]}, ours {speed[name, 'ours']}")
 
-    error, long_run = {}, {}
-    n = args.accuracy_iterations
+    n, long_run = args.accuracy_iterations, {}
     if n:
         name, milestones = args.networks[0], [n // 2, n * 3 // 4]
         say(f"== accuracy: {name}, {n} iterations, lr 0.1 divided by 10 at {milestones}, both pipelines")
-        model, long_run["baseline"] = baseline_train(name, root, train_idx, n, 0, milestones)
+        model, (long_run["baseline"],) = baseline_train(name, root, train_idx, n, 0, n, milestones)
         error[name, "baseline"] = baseline_error(model, root, val_idx)
         last = engine_train(engine_config(name, root, n, n, milestones))[-1]
         error[name, "ours"], long_run["ours"] = last["val_top1_error"], last["images_per_s"]
 
-    head = f"held-out top-1 error after {n} it." if n else "held-out top-1 error"
-    lines = ["", f"| network | pipeline | images/s | vs baseline | {head} |", "|---|---|---:|---:|---:|"]
-    for name in args.networks:
-        for pipe, label in (("baseline", "(a) baseline: eager fp32 NCHW, DataLoader 2 workers"),
-                            ("ours", "(b) ours: `resnets train`, paper recipe defaults")):
-            err = f"{error[name, pipe]:.2%}" if (name, pipe) in error else "-"
-            lines.append(f"| {name} | {label} | {speed[name, pipe]:.0f} | "
-                         f"{speed[name, pipe] / speed[name, 'baseline']:.2f}x | {err} |")
-    lines += ["", f"images/s: batch {BATCH}, 32x32, mean over {args.iterations} iterations after {args.warmup} "
-                  "warm-up ones; data loading and evaluation excluded."]
+    lines = ["", table(args, speed, others, error), "",
+             (f"images/s: batch {BATCH}, 32x32; {args.iterations} timed iterations after {args.warmup} warm-up ones, "
+             f"timed in chunks of {args.chunk}: median (slowest-fastest chunk). Data loading before the first step "
+             "and evaluation are not counted. 'CPU taken by others': share of the machine's CPU time used by other "
+             "processes during that measurement (warm-up included).")]
     if long_run:
-        lines.append(f"Over the whole {n}-iteration accuracy runs (start-up and epoch boundaries included): baseline "
+        lines.append(f"Whole {n}-iteration accuracy runs (start-up and epoch boundaries included): baseline "
                      f"{long_run['baseline']:.0f}, ours {long_run['ours']:.0f} images/s "
                      f"({long_run['ours'] / long_run['baseline']:.2f}x).")
-    lines += [f"Machine: {machine()}.", "The baseline's 2 DataLoader workers share the CPU cores with its training "
-              "process, as they do for anyone running the reference scripts here.",
+    lines += [f"Machine: {machine()}.", ("The baseline's 2 DataLoader workers share the cores with its training "
+              "process, as they do for anyone running the reference scripts here."),
               f"Wall time: {time.perf_counter() - wall:.0f} s.", ""]
     say("\n".join(lines))
-    result = {name: round(speed[name, "ours"] / speed[name, "baseline"], 3) for name in args.networks}
-    result |= {f"{name}_{pipe}_images_per_s": round(v, 1) for (name, pipe), v in speed.items()}
+    result = {name: round(median(speed[name, "ours"]) / median(speed[name, "baseline"]), 3) for name in args.networks}
+    result |= {f"{name}_{pipe}_images_per_s": round(median(v), 1) for (name, pipe), v in speed.items()}
     result |= {f"{name}_{pipe}_val_top1_error": round(v, 4) for (name, pipe), v in error.items()}
     if n:
         result["accuracy_iterations"] = n
