@@ -113,8 +113,6 @@ def test_resume_is_bit_exact(tmp_path):
     a, b = checkpoint.load(reference), checkpoint.load(interrupted)
     assert a["iteration"] == b["iteration"] == 24
     assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
-    assert a["history"][1:] == [dict(m, images_per_s=m["images_per_s"], wall_s=m["wall_s"])
-                                for m in a["history"][1:]]
     assert [m["val_top1_error"] for m in a["history"]] == [m["val_top1_error"] for m in b["history"]]
     assert len((interrupted / "metrics.jsonl").read_text().splitlines()) == 3
 
