@@ -58,6 +58,65 @@ def cmd_train(args) -> None:
     train(cfg, run_dir)
 
 
+def cmd_experiment(args) -> None:
+    from . import experiments
+
+    out = Path(args.out or f"runs/{args.experiment}")
+    val_split = args.val_split if args.val_split is not None else (5000 if args.family == "cifar10" else 0)
+    overrides = {"data.val_split": val_split, **dict(_split_overrides(args.overrides))}
+    common = {"data": args.data, "schedule": args.schedule, "seeds": _ints(args.seeds), "overrides": overrides}
+    if args.experiment == "degradation":
+        depths = _ints(args.depths) if args.depths else experiments.DEFAULT_DEPTHS[args.family]
+        runs = experiments.degradation_runs(args.family, depths, **common)
+        title = f"plain vs residual on {args.data} ({args.schedule} schedule)"
+    else:
+        runs = experiments.shortcut_runs(args.family, args.network, args.options.split(","), **common)
+        title = f"{args.network}: shortcut options {args.options} on {args.data} ({args.schedule} schedule)"
+    out.mkdir(parents=True, exist_ok=True)
+    experiments.execute(runs, out)
+    table = experiments.write_outputs(args.experiment, runs, out, title)
+    print(experiments.markdown(table), end="")
+    print(f"wrote {out / args.experiment}.md, .json and .png")
+
+
+def cmd_responses(args) -> None:
+    from .plots import plot_responses
+    from .responses import markdown, run_responses
+
+    results = [run_responses(run_dir, args.images) for run_dir in args.runs]
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "responses.md").write_text(markdown(results))
+    (out / "responses.json").write_text(json.dumps(results, indent=1) + "\n")
+    plot_responses(results, out / "responses.png")
+    print(markdown(results), end="")
+    print(f"wrote {out / 'responses'}.md, .json and .png")
+
+
+def cmd_report(args) -> None:
+    from .report import find_runs, markdown, run_row
+
+    text = markdown([run_row(run) for run in find_runs(args.runs)])
+    if args.out:
+        Path(args.out).write_text(text)
+        print(f"wrote {args.out}")
+    else:
+        print(text, end="")
+
+
+def _split_overrides(items: list[str]):
+    from .config import _split
+
+    return [_split(item) for item in items]
+
+
+def _ints(text: str) -> list[int]:
+    try:
+        return [int(part) for part in text.split(",")]
+    except ValueError:
+        raise UserError(f"expected comma-separated integers, got {text!r}") from None
+
+
 def cmd_eval(args) -> None:
     from . import checkpoint
     from .config import DataSection
@@ -136,6 +195,37 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--help-keys", action="store_true", help="list every config key with its default")
     p.add_argument("--list-recipes", action="store_true", help="list the packaged recipes")
     p.set_defaults(func=cmd_train)
+
+    p = jobs.add_parser("experiment", help="the paper's experiments: degradation (Figure 6), shortcuts (Table 3), "
+                                           "responses (Figure 7)")
+    kinds = p.add_subparsers(dest="experiment", required=True, metavar="EXPERIMENT")
+    for name, text in (("degradation", "plain and residual nets of several depths, same recipe and seed"),
+                       ("shortcuts", "shortcut options A, B and C on the same network and recipe")):
+        e = kinds.add_parser(name, help=text, description=text)
+        e.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="recipe overrides for every run")
+        e.add_argument("--data", required=True, help="data.path of every run (CIFAR-10 archive or image folder)")
+        e.add_argument("--family", default="cifar10", choices=("cifar10", "imagenet"), help="recipe family")
+        e.add_argument("--schedule", default="paper", help="paper (the recipe's own) or cpu (2,000 iterations)")
+        e.add_argument("--seeds", default="0", help="comma-separated seeds; > 1 gives mean ± std")
+        e.add_argument("--val-split", type=int, help="held-out training images (default 5000 for cifar10)")
+        e.add_argument("--out", help=f"experiment directory (default runs/{name})")
+        if name == "degradation":
+            e.add_argument("--depths", help="comma-separated depths (default 20,32,44,56; imagenet 18,34)")
+        else:
+            e.add_argument("--network", default="resnet32", help="the network (default resnet32)")
+            e.add_argument("--options", default="A,B,C", help="shortcut options (default A,B,C)")
+        e.set_defaults(func=cmd_experiment)
+    text = "std of each 3x3 layer's response (after BN, before ReLU and addition) of trained runs (Figure 7)"
+    e = kinds.add_parser("responses", help=text, description=text)
+    e.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run directories (their newest checkpoints)")
+    e.add_argument("--images", type=int, default=5000, help="held-out images to measure on (default 5000)")
+    e.add_argument("--out", default="runs/responses", help="where responses.md/.json/.png go")
+    e.set_defaults(func=cmd_responses)
+
+    p = jobs.add_parser("report", help="measured errors of runs beside the paper's (markdown)")
+    p.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run directories, or folders of runs")
+    p.add_argument("--out", help="write the markdown here instead of printing it")
+    p.set_defaults(func=cmd_report)
 
     p = jobs.add_parser("eval", help="top-1 / top-5 error of a checkpoint on a dataset")
     p.add_argument("checkpoint", help="a checkpoint file or a run directory (its newest checkpoint)")

@@ -18,8 +18,45 @@ def plot_curves(metrics: list[dict], path: Path, title: str = "") -> None:
     ax.set(xlabel="iteration", ylabel="error (%)", title=title, ylim=(0, None))
     ax.grid(alpha=0.3)
     ax.legend()
+    _save(fig, path)
+
+
+def _save(fig, path: Path) -> None:
+    """Written to a temp file and renamed, so a reader never sees half a picture."""
     fig.tight_layout()
     tmp = Path(path).with_name(f".{Path(path).name}.tmp.png")
     fig.savefig(tmp, dpi=120)
     plt.close(fig)
     os.replace(tmp, path)
+
+
+def plot_comparison(groups: dict[str, list[tuple[str, list[dict]]]], path: Path, title: str = "") -> None:
+    """One panel per group (e.g. plain | resnet) as in Figure 6: one colour per run, training error dashed,
+    validation error bold, against iterations; the panels share the error axis."""
+    fig, axes = plt.subplots(1, len(groups), figsize=(5.5 * len(groups), 4), sharey=True, squeeze=False)
+    for ax, (group, runs) in zip(axes[0], groups.items()):
+        for i, (name, metrics) in enumerate(runs):
+            its = [m["iteration"] for m in metrics]
+            ax.plot(its, [100 * m["train_error"] for m in metrics], "--", color=f"C{i}", linewidth=1)
+            ax.plot(its, [100 * m["val_top1_error"] for m in metrics], "-", color=f"C{i}", linewidth=2.2, label=name)
+        ax.set(xlabel="iteration", title=group, ylim=(0, None))
+        ax.grid(alpha=0.3)
+        ax.legend(title="bold: validation, dashed: training", title_fontsize="small", fontsize="small")
+    axes[0][0].set_ylabel("error (%)")
+    fig.suptitle(title)
+    _save(fig, path)
+
+
+def plot_responses(results: list[dict], path: Path) -> None:
+    """Figure 7: each 3x3 layer's response std, in the network's order (left) and sorted (right)."""
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
+    for i, r in enumerate(results):
+        style = {"color": f"C{i}", "label": r["network"], "linestyle": "--" if r["network"].startswith("plain") else "-"}
+        left.plot(range(1, len(r["stds"]) + 1), r["stds"], **style)
+        right.plot(range(1, len(r["stds"]) + 1), sorted(r["stds"], reverse=True), **style)
+    left.set(xlabel="layer index (original)", ylabel="std of response")
+    right.set(xlabel="layer index (sorted by magnitude)")
+    for ax in (left, right):
+        ax.grid(alpha=0.3)
+    right.legend(fontsize="small")
+    _save(fig, path)

@@ -1,0 +1,60 @@
+"""A reproduction report: each run's measured error beside the figure the paper reports for its recipe."""
+
+import json
+import tomllib
+from pathlib import Path
+
+from .errors import UserError
+
+
+def find_runs(paths: list[str]) -> list[Path]:
+    """Run directories among `paths`; a folder of runs (an experiment's output) stands for its runs."""
+    runs = []
+    for path in map(Path, paths):
+        if (path / "config.toml").is_file():
+            runs.append(path)
+        elif path.is_dir() and (inner := sorted(p.parent for p in path.glob("*/config.toml"))):
+            runs.extend(inner)
+        else:
+            raise UserError(f"{path} is neither a run directory nor a folder of runs (no config.toml)")
+    return runs
+
+
+def run_row(run_dir: Path) -> dict:
+    cfg = tomllib.loads((run_dir / "config.toml").read_text())
+    lines = (run_dir / "metrics.jsonl").read_text().splitlines() if (run_dir / "metrics.jsonl").is_file() else []
+    if not lines:
+        raise UserError(f"{run_dir} has no evaluations yet (metrics.jsonl is empty)")
+    last = json.loads(lines[-1])
+    data = cfg["data"]
+    split = (f"{data['val_split']} held-out training images (split_seed {data['split_seed']})" if data["val_split"]
+             else "test split")
+    paper = cfg["paper"]["top1_error"] or None
+    ours = 100 * last["val_top1_error"]
+    return {
+        "run": str(run_dir), "network": cfg["model"]["name"], "options": cfg["model"]["options"],
+        "data": data["path"], "evaluated_on": split, "iterations": last["iteration"],
+        "scheduled_iterations": cfg["schedule"]["iterations"], "top1_error": ours, "paper_top1_error": paper,
+        "difference": ours - paper if paper else None, "paper_source": cfg["paper"]["source"],
+        "wall_s": last["wall_s"],
+    }
+
+
+def markdown(rows: list[dict]) -> str:
+    lines = ["| run | network | iterations | evaluated on | top-1 error (%) | paper (%) | difference | wall time |",
+             "|---|---|---:|---|---:|---:|---:|---:|"]
+    for r in rows:
+        options = "".join(f" {k}={v}" for k, v in r["options"].items())
+        paper = f"{r['paper_top1_error']:.2f}" if r["paper_top1_error"] else "—"
+        diff = f"{r['difference']:+.2f}" if r["difference"] is not None else "—"
+        lines.append(f"| {r['run']} | {r['network']}{options} | {r['iterations']} of {r['scheduled_iterations']} | "
+                     f"{r['evaluated_on']} | {r['top1_error']:.2f} | {paper} | {diff} | "
+                     f"{r['wall_s'] / 60:.1f} min |")
+    sources = sorted({r["paper_source"] for r in rows if r["paper_source"]})
+    notes = [f"Paper figures: {s}." for s in sources]
+    if any(r["iterations"] < r["scheduled_iterations"] for r in rows):
+        notes.append("Runs short of their scheduled iterations are unfinished: their errors are not comparable.")
+    if any(r["evaluated_on"] != "test split" and r["paper_top1_error"] for r in rows):
+        notes.append("The paper's CIFAR-10 figures are on the test set; ours on held-out training images are "
+                     "estimates of the same quantity, not the same measurement.")
+    return "\n".join(lines) + "\n" + "".join(f"\n{n}" for n in notes) + ("\n" if notes else "")

@@ -1,0 +1,83 @@
+"""Layer responses (the paper's Figure 7): how strongly each 3x3 layer of a trained network responds.
+
+A layer's response is the output of its BN, before the ReLU and before the addition of the shortcut. For
+each channel we take the standard deviation over images and positions, and report the mean over channels.
+The paper's observation: residual branches respond less than plain layers, closer to zero, as the
+reformulation assumes; and deeper ResNets respond less per layer.
+"""
+
+from functools import partial
+from pathlib import Path
+
+import torch
+
+from . import checkpoint
+from .config import load_config
+from .data import BatchLoader, load_train_val, normalize
+from .errors import UserError
+
+
+def three_by_three_bns(model) -> list[torch.nn.Module]:
+    """The BN after every 3x3 convolution, in the network's order (the stem's first when it is 3x3)."""
+    bns = [model.bn1] if model.conv1.kernel_size == (3, 3) and isinstance(model.bn1, torch.nn.BatchNorm2d) else []
+    for block in model.blocks():
+        if block.preact:
+            raise UserError("layer responses are defined for post-activation nets (BN after each conv)")
+        for i in range(1, block.depth + 1):
+            conv, bn = block.layer(i)
+            if conv.kernel_size == (3, 3):
+                bns.append(bn)
+    return bns
+
+
+@torch.no_grad()
+def layer_responses(model, ds, mean, std, batch_size: int = 500) -> list[float]:
+    """Mean over channels of each 3x3 layer's per-channel response std on `ds` (model in eval mode)."""
+    model.eval()
+    bns = three_by_three_bns(model)
+    # Per layer: number of values per channel, and per-channel sums of x and x^2 (float64: 5k images x 1k
+    # positions would lose digits in float32).
+    moments = [[0, 0.0, 0.0] for _ in bns]
+
+    def record(i, module, inputs, output):
+        x = output.double().transpose(0, 1).flatten(1)  # (C, N*H*W)
+        moments[i][0] += x.shape[1]
+        moments[i][1] += x.sum(1)
+        moments[i][2] += x.square().sum(1)
+
+    handles = [bn.register_forward_hook(partial(record, i)) for i, bn in enumerate(bns)]
+    try:
+        for images, _ in BatchLoader(ds, batch_size, shuffle=False).epoch(0):
+            model(normalize(images, mean, std))
+    finally:
+        for handle in handles:
+            handle.remove()
+    stds = []
+    for n, total, total_sq in moments:
+        variance = (total_sq / n - (total / n).square()).clamp_min(0)
+        stds.append(float(variance.sqrt().mean()))
+    return stds
+
+
+def run_responses(run_dir: Path, images: int) -> dict:
+    """{"network", "run", "stds"} for the newest checkpoint of a run, on its own held-out images."""
+    run_dir = Path(run_dir)
+    if not (run_dir / "config.toml").is_file():
+        raise UserError(f"{run_dir} is not a run directory (no config.toml)")
+    ckpt = checkpoint.load(run_dir)
+    cfg = load_config(run_dir / "config.toml")
+    _, val = load_train_val(cfg.data)
+    val = val.subset(torch.arange(min(images, len(val))))
+    model = checkpoint.build_model(ckpt)
+    stds = layer_responses(model, val, ckpt["preprocessing"]["mean"], ckpt["preprocessing"]["std"])
+    return {"network": cfg.model.name, "run": str(run_dir), "iteration": ckpt["iteration"], "images": len(val),
+            "stds": stds}
+
+
+def markdown(results: list[dict]) -> str:
+    lines = ["| network | run | 3x3 layers | mean response std | median | largest |", "|---|---|---:|---:|---:|---:|"]
+    for r in results:
+        s = sorted(r["stds"])
+        lines.append(f"| {r['network']} | {r['run']} | {len(s)} | {sum(s) / len(s):.3f} | {s[len(s) // 2]:.3f} | "
+                     f"{s[-1]:.3f} |")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,106 @@
+"""The paper's experiments end to end on the embedded digits with a few iterations: outputs exist and agree
+with the runs' own logs; finished runs are reused and interrupted ones resumed."""
+
+import json
+
+import pytest
+import torch
+
+from resnets import checkpoint, create_model
+from resnets.cli import main
+from resnets.data import load_digits
+from resnets.responses import layer_responses, three_by_three_bns
+
+TINY = ["--data", "digits", "--val-split", "0", "--schedule", "cpu", "schedule.iterations=4", "run.eval_every=2",
+        "run.keep_checkpoints=3"]
+
+
+def last_metrics(run_dir):
+    return json.loads((run_dir / "metrics.jsonl").read_text().splitlines()[-1])
+
+
+@pytest.fixture(scope="module")
+def degradation(tmp_path_factory):
+    out = tmp_path_factory.mktemp("exp") / "degradation"
+    assert main(["experiment", "degradation", "--depths", "20", "--out", str(out), *TINY]) == 0
+    return out
+
+
+def test_degradation_writes_table_json_and_plot_from_the_runs(degradation):
+    table = json.loads((degradation / "degradation.json").read_text())
+    assert [r["network"] for r in table] == ["plain20", "resnet20"]
+    for row in table:
+        last = last_metrics(degradation / f"{row['network']}-seed0")
+        assert row["iterations"] == last["iteration"] == 4
+        assert row["train_error"] == pytest.approx(100 * last["train_error"])
+        assert row["val_error"] == pytest.approx(100 * last["val_top1_error"])
+        assert f"| {row['network']} | 4 | 1 | {row['train_error']:.2f} | {row['val_error']:.2f} |" in \
+            (degradation / "degradation.md").read_text()
+    assert (degradation / "degradation.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_rerun_reuses_finished_runs_and_resumes_interrupted_ones(degradation, capsys):
+    plain, resnet = degradation / "plain20-seed0", degradation / "resnet20-seed0"
+    finished = checkpoint.load(resnet)["model"]
+    # Interrupt resnet20 after its first evaluation: drop the final checkpoint and the log line past it.
+    checkpoint.latest(resnet).unlink()
+    lines = (resnet / "metrics.jsonl").read_text().splitlines()
+    (resnet / "metrics.jsonl").write_text(lines[0] + "\n")
+    plain_mtime = checkpoint.latest(plain).stat().st_mtime_ns
+    assert main(["experiment", "degradation", "--depths", "20", "--out", str(degradation), *TINY]) == 0
+    out = capsys.readouterr().out
+    assert "plain20-seed0: finished" in out and "resnet20-seed0: interrupted" in out
+    assert checkpoint.latest(plain).stat().st_mtime_ns == plain_mtime  # not retrained
+    resumed = checkpoint.load(resnet)["model"]
+    assert all(torch.equal(resumed[k], finished[k]) for k in finished)  # resume on CPU is bit-exact
+
+
+def test_a_changed_config_is_refused_not_mixed_in(degradation, capsys):
+    args = ["experiment", "degradation", "--depths", "20", "--out", str(degradation), *TINY, "optim.lr=0.05"]
+    assert main(args) == 2
+    assert "different config" in capsys.readouterr().err
+
+
+def test_shortcut_options_train_the_same_network(tmp_path):
+    out = tmp_path / "shortcuts"
+    assert main(["experiment", "shortcuts", "--network", "resnet20", "--options", "A,C", "--out", str(out),
+                 *TINY]) == 0
+    table = json.loads((out / "shortcuts.json").read_text())
+    assert [r["network"] for r in table] == ["resnet20-A", "resnet20-C"]
+    projections = sum(k.endswith("downsample.0.weight") for k in checkpoint.load(out / "resnet20-C-seed0")["model"])
+    assert projections == 9  # option C projects in every block
+    assert not any("downsample" in k for k in checkpoint.load(out / "resnet20-A-seed0")["model"])
+
+
+def test_responses_match_a_hand_computation():
+    _, ds = load_digits()
+    model = create_model("plain20", num_classes=10, in_channels=1).eval()
+    mean, std = torch.zeros(1, 1, 1), torch.ones(1, 1, 1)
+    stds = layer_responses(model, ds, mean, std, batch_size=100)
+    assert len(stds) == len(three_by_three_bns(model)) == 19  # the stem and 2 per block
+    with torch.no_grad():
+        stem = model.bn1(model.conv1(ds.images.float() / 255))  # the stem's response, by hand
+        first = model.layer1[0].bn1(model.layer1[0].conv1(torch.relu(stem)))
+    for got, response in zip(stds, (stem, first)):
+        assert got == pytest.approx(response.transpose(0, 1).flatten(1).std(1, correction=0).mean().item(), rel=1e-4)
+
+
+def test_zeroed_residual_branches_have_zero_response():
+    _, ds = load_digits()
+    model = create_model("resnet20", num_classes=10, in_channels=1, zero_init_last=True)
+    stds = layer_responses(model, ds, torch.zeros(1, 1, 1), torch.ones(1, 1, 1))
+    assert stds[2::2] == [0.0] * 9 and min(stds[1::2]) > 0  # every block's second BN has zero scale
+
+
+def test_responses_and_report_from_experiment_runs(degradation, tmp_path, capsys):
+    runs = [str(degradation / "plain20-seed0"), str(degradation / "resnet20-seed0")]
+    assert main(["experiment", "responses", *runs, "--out", str(tmp_path)]) == 0
+    results = json.loads((tmp_path / "responses.json").read_text())
+    assert [(r["network"], len(r["stds"]), r["images"]) for r in results] == [("plain20", 19, 360), ("resnet20", 19, 360)]
+    assert (tmp_path / "responses.png").is_file()
+    capsys.readouterr()
+    assert main(["report", str(degradation)]) == 0
+    report = capsys.readouterr().out
+    resnet20 = last_metrics(degradation / "resnet20-seed0")
+    assert f"| resnet20 | 4 of 4 | test split | {100 * resnet20['val_top1_error']:.2f} | 8.75 |" in report
+    assert main(["report", str(tmp_path / "missing")]) == 2
