@@ -7,10 +7,11 @@ stopped; then the runs' metrics become a table (markdown + JSON) and a picture.
 
 import json
 import statistics
+import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import tomllib
+import tomli_w
 
 from . import checkpoint
 from .config import Config, load_config
@@ -91,8 +92,6 @@ def _state(run_dir: Path, cfg: Config) -> str:
 
 
 def _toml_roundtrip(cfg: Config) -> dict:
-    import tomli_w
-
     return tomllib.loads(tomli_w.dumps(cfg.to_dict()))
 
 
