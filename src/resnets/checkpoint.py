@@ -95,7 +95,8 @@ def run_lock(run_dir: Path):
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            raise UserError(f"another run is writing to {run_dir}; wait for it to end or choose another --out") from None
+            raise UserError(f"another run is writing to {run_dir}; wait for it to end or choose another --out"
+                            ) from None
         for tmp in run_dir.glob(".*.tmp"):
             tmp.unlink(missing_ok=True)
         yield run_dir

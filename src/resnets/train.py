@@ -51,8 +51,8 @@ def use_bf16(precision: str, device: torch.device) -> bool:
 def train(cfg: Config, run_dir: Path, resume: bool = False) -> dict:
     """Train as `cfg` says, writing into `run_dir` (refused while another run writes there); returns the last
     evaluation's metrics."""
-    with checkpoint.run_lock(run_dir) as run_dir:
-        return _train(cfg, run_dir, resume)
+    with checkpoint.run_lock(run_dir) as locked:
+        return _train(cfg, locked, resume)
 
 
 def _train(cfg: Config, run_dir: Path, resume: bool) -> dict:
@@ -94,7 +94,7 @@ def _train(cfg: Config, run_dir: Path, resume: bool) -> dict:
     with _writes(run_dir):
         if not resume:
             _write_text(run_dir / "config.toml", tomli_w.dumps(cfg.to_dict()))
-        _write_text(metrics_file, "".join(json.dumps(m) + "\n" for m in history))  # drops lines past the checkpoint
+        _write_metrics(history, metrics_file, None)  # drops lines past the checkpoint
 
     total = cfg.schedule.iterations
     print(f"training {cfg.model.name} on {len(train_set)} images ({len(train_set.classes)} classes), validating on "
@@ -143,7 +143,7 @@ def _train(cfg: Config, run_dir: Path, resume: bool) -> dict:
                 })
                 bar.write(_format(history[-1], total))
                 with _writes(run_dir):
-                    _write_metrics(history[-1], metrics_file, tensorboard)
+                    _write_metrics(history, metrics_file, tensorboard)
                     _save(run_dir, cfg, model, optimizer, scheduler, history, train_set.classes, preprocessing)
                     plot_curves(history, run_dir / "curves.png", title=f"{cfg.model.name}")
                 meter = Meter()
@@ -195,9 +195,9 @@ def _writes(run_dir: Path):
     try:
         yield
     except OSError as e:
-        raise UserError(f"cannot write {e.filename or run_dir} ({e.strerror or e}); the checkpoints already written "
-                        f"are intact: free some space (or fix the permissions) and continue with "
-                        f"`resnets train --resume {run_dir}`") from None
+        then = f"resume with `resnets train --resume {run_dir}`" if (run_dir / "config.toml").is_file() else "run again"
+        raise UserError(f"cannot write {e.filename or run_dir} ({e.strerror or e}); the files written before are "
+                        f"intact: free some space or fix the permissions, then {then}") from None
 
 
 def _write_text(path: Path, text: str) -> None:
@@ -212,12 +212,13 @@ def _tensorboard(run_dir: Path):
     return SummaryWriter(run_dir / "tensorboard")
 
 
-def _write_metrics(m: dict, metrics_file: Path, tensorboard) -> None:
-    with metrics_file.open("a") as f:
-        f.write(json.dumps(m) + "\n")
+def _write_metrics(history: list[dict], metrics_file: Path, tensorboard) -> None:
+    """metrics.jsonl rewritten whole and atomically (never half a line, whenever the run is killed); the newest
+    line to TensorBoard."""
+    _write_text(metrics_file, "".join(json.dumps(m) + "\n" for m in history))
     if tensorboard:
-        for key, value in m.items():
-            tensorboard.add_scalar(key, value, m["iteration"])
+        for key, value in history[-1].items():
+            tensorboard.add_scalar(key, value, history[-1]["iteration"])
         tensorboard.flush()
 
 
@@ -287,7 +288,8 @@ def _load_state(path: Path, state: dict, cfg: Config, model, optimizer, schedule
         raise UserError(f"{path} was written with a different config")
     theirs = state.get("model_config") or {}
     if theirs.get("num_classes") != model.config.num_classes:
-        raise UserError(f"{path} is for {theirs.get('num_classes')} classes but the data has {model.config.num_classes}")
+        raise UserError(f"{path} is for {theirs.get('num_classes')} classes but the data has "
+                        f"{model.config.num_classes}")
     if theirs != model.config.to_dict():
         raise UserError(f"{path} holds another network than the config builds")
     try:
