@@ -244,6 +244,7 @@ def test_damaged_checkpoints_are_refused_never_loaded_wrong(tiny_reference, tmp_
     data, original = good.read_bytes(), checkpoint.load(good)
     rng = random.Random(0)
     variants = [data[:n] for n in [0, 1, 100, *rng.sample(range(len(data)), 40), len(data) - 1]]
+    truncated = len(variants)
     for _ in range(300):
         flipped = bytearray(data)
         flipped[rng.randrange(len(data))] ^= 1 << rng.randrange(8)
@@ -260,7 +261,8 @@ def test_damaged_checkpoints_are_refused_never_loaded_wrong(tiny_reference, tmp_
         else:
             assert _same(loaded, original)
             outcome["loaded identical"] += 1
-    print(f"\n{len(variants)} damaged checkpoints (43 truncated, 300 with one flipped bit): {dict(outcome)}")
+    print(f"\n{len(variants)} damaged checkpoints ({truncated} truncated, {len(variants) - truncated} with one "
+          f"flipped bit): {dict(outcome)}")
     assert outcome["refused"] >= 300
 
 

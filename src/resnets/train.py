@@ -4,6 +4,8 @@ A run directory holds config.toml (the resolved config), metrics.jsonl (one line
 iter-NNNNNNN.pt checkpoints (the newest few) and curves.png. `resume=True` continues a run from its
 newest checkpoint to the configured end; on CPU the result is bit-identical to an uninterrupted run,
 because every random choice is a function of (seed, epoch, batch) and the checkpoint holds the rest.
+Every file is replaced atomically and one run at a time holds the directory (checkpoint.run_lock), so a run
+killed at any moment resumes with nothing lost (docs/RELIABILITY.md).
 """
 
 import contextlib
