@@ -1,8 +1,11 @@
 """Checkpoints: written atomically, read without running code (weights_only=True)."""
 
+import contextlib
+import fcntl
 import os
 import re
 import tempfile
+import zipfile
 from pathlib import Path
 
 import torch
@@ -16,12 +19,23 @@ ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 
 def save_atomic(obj, path: Path) -> None:
-    """torch.save to a temp file in the same folder, fsync, then rename: a reader never sees half a file."""
+    """torch.save `obj` to `path` atomically (see write_atomic)."""
+    write_atomic(path, lambda f: torch.save(obj, f))
+
+
+def write_atomic(path: Path, write) -> None:
+    """write(file) to a temp file in the same folder, fsync, then rename: a reader never sees half a file.
+
+    A process killed meanwhile leaves at worst a temp file named `.<name>.<random>.tmp`, which no loader picks
+    up and the next run in the folder removes (`run_lock`). An OSError (disk full, no permission) leaves the
+    old file as it was and is raised with `path` as its filename.
+    """
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    tmp = None
     try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
         with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         # mkstemp makes the file private (0600); give it the permissions a plain open() would have.
@@ -29,8 +43,11 @@ def save_atomic(obj, path: Path) -> None:
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)
         os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+    except BaseException as e:
+        if tmp:
+            Path(tmp).unlink(missing_ok=True)
+        if isinstance(e, OSError):  # torch.save's own errors do not say which file
+            raise OSError(e.errno, e.strerror or str(e), str(path)) from e
         raise
 
 
@@ -40,9 +57,16 @@ def load(path: str | Path) -> dict:
     if path.is_dir():
         path = latest(path)
     try:
+        # torch.load does not check the zip's CRC-32s: a flipped bit in a tensor would load as a wrong weight.
+        with zipfile.ZipFile(path) as archive:
+            damaged = archive.testzip()
+        if damaged:
+            raise UserError(f"checkpoint {path} is corrupt ({damaged} fails its CRC-32 check)")
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
         raise UserError(f"checkpoint {path} does not exist") from None
+    except UserError:
+        raise
     except Exception as e:  # truncated zip, flipped bytes, a pickle that wants to run code: all refused
         text = ANSI.sub("", str(e)).strip()  # torch colours parts of its messages
         reason = text.splitlines()[0][:120] if text else type(e).__name__
@@ -50,6 +74,39 @@ def load(path: str | Path) -> dict:
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise UserError(f"{path} is not a resnets checkpoint")
     return ckpt
+
+
+@contextlib.contextmanager
+def run_lock(run_dir: Path):
+    """Hold `run_dir` (created if need be) for one run; a second run pointed at it gets a UserError.
+
+    The lock is flock(2) on the folder itself: nothing to clean up, and the OS drops it when the holder dies,
+    SIGKILL included, so a killed run can be resumed at once. The holder first removes the temp files a killed
+    writer left (see write_atomic). If the run fails before writing anything, the folders it created go again.
+    """
+    run_dir = Path(run_dir)
+    created = [p for p in (run_dir, *run_dir.parents) if not p.exists()]  # innermost first
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        fd = os.open(run_dir, os.O_RDONLY)
+    except OSError as e:
+        raise UserError(f"cannot create the run directory {run_dir} ({e.strerror}); choose another --out") from None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise UserError(f"another run is writing to {run_dir}; wait for it to end or choose another --out"
+                            ) from None
+        for tmp in run_dir.glob(".*.tmp"):
+            tmp.unlink(missing_ok=True)
+        yield run_dir
+    except BaseException:
+        for folder in created:
+            with contextlib.suppress(OSError):  # not empty: the run wrote something worth keeping
+                folder.rmdir()
+        raise
+    finally:
+        os.close(fd)
 
 
 def checkpoints(run_dir: Path) -> list[Path]:

@@ -118,24 +118,23 @@ def _ints(text: str) -> list[int]:
 
 
 def cmd_eval(args) -> None:
-    from . import checkpoint
     from .config import DataSection
-    from .data import default_workers, load_eval_set
-    from .evaluate import evaluate, match_classes
+    from .data import default_workers, load_eval_set, match_classes
+    from .evaluate import evaluate
+    from .export import load_model
     from .train import pick_device, use_bf16
 
-    ckpt = checkpoint.load(args.checkpoint)
-    model = checkpoint.build_model(ckpt)
-    pre = ckpt["preprocessing"]
+    device = pick_device(args.device)
+    model, info = load_model(args.checkpoint, device)
+    pre = info["preprocessing"]
     data = DataSection(image_size=pre["input_size"] if Path(args.data).is_dir() else 0, cache_dir="")
     ds = load_eval_set(args.data, data)
     if ds.image_shape != (pre["in_channels"], pre["input_size"], pre["input_size"]):
         raise UserError(f"{args.data} holds {ds.image_shape} images but the model takes "
                         f"{(pre['in_channels'], pre['input_size'], pre['input_size'])}")
-    ds = match_classes(ds, ckpt["classes"])
-    device = pick_device(args.device)
+    ds = match_classes(ds, info["classes"])
     bf16 = use_bf16(args.precision, device)
-    model = model.to(device).to(memory_format=torch.channels_last)
+    model = model.to(memory_format=torch.channels_last)
     result = evaluate(model, ds, pre["mean"].to(device), pre["std"].to(device), device, bf16,
                       workers=default_workers(data.workers))
     result = {k: result[k] for k in ("top1_error", "top5_error", "images", "loss")}
@@ -228,7 +227,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_report)
 
     p = jobs.add_parser("eval", help="top-1 / top-5 error of a checkpoint on a dataset")
-    p.add_argument("checkpoint", help="a checkpoint file or a run directory (its newest checkpoint)")
+    p.add_argument("checkpoint", help="a checkpoint, a run directory (its newest checkpoint) or a .safetensors export")
     p.add_argument("--data", required=True, help="'digits', a CIFAR archive/folder (test split) or an image folder")
     p.add_argument("--device", default="auto")
     p.add_argument("--precision", default="fp32", choices=("auto", "bf16", "fp32"))

@@ -90,6 +90,9 @@ class Config:
         return asdict(self)
 
     def model_config(self, num_classes: int, in_channels: int) -> ResNetConfig:
+        for name in ("num_classes", "in_channels"):
+            if name in self.model.options:
+                raise UserError(f"model.{name} is taken from the data (its classes, its images' channels); drop it")
         return model_config(self.model.name, num_classes, in_channels=in_channels, **self.model.options)
 
 
@@ -101,6 +104,7 @@ CHOICES = {
     "data.loader": ("auto", "memory", "stream"),
     "run.precision": ("auto", "bf16", "fp32"),
 }
+POSITIVE = ("optim.batch_size", "schedule.iterations", "run.eval_every")
 
 
 def _all_keys() -> list[str]:
@@ -133,6 +137,8 @@ def _check_type(key: str, value, annotation):
     allowed = CHOICES.get(key)
     if allowed and value not in allowed:
         raise UserError(f"{key}={value!r} is not one of {', '.join(allowed)}")
+    if key in POSITIVE and value < 1:
+        raise UserError(f"{key} must be at least 1, got {value!r}")
     return value
 
 

@@ -1,13 +1,11 @@
 """Top-1 / top-5 error of a model on an in-memory dataset."""
 
 import contextlib
-import copy
 
 import torch
 import torch.nn.functional as F
 
 from .data import BatchLoader, normalize
-from .errors import UserError
 
 
 def autocast(device: torch.device, bf16: bool):
@@ -33,14 +31,3 @@ def evaluate(model, ds, mean, std, device, bf16: bool = False, batch_size: int =
     model.train(was_training)
     n = len(ds)
     return {"loss": loss / n, "top1_error": top1 / n, "top5_error": topk / n, "images": n}
-
-
-def match_classes(ds, classes: list[str]):
-    """`ds` relabelled into a checkpoint's class order, matching class folders by name."""
-    unknown = [c for c in ds.classes if c not in classes]
-    if unknown:
-        raise UserError(f"classes {', '.join(unknown[:5])} are not among the model's {len(classes)} classes")
-    relabelled = copy.copy(ds)
-    relabelled.labels = torch.tensor([classes.index(c) for c in ds.classes])[ds.labels]
-    relabelled.classes = list(classes)
-    return relabelled

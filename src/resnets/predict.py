@@ -16,13 +16,12 @@ from PIL import Image, UnidentifiedImageError
 from torchvision.transforms.v2 import functional as TF
 
 from .data import normalize
-from .data.folders import IMAGE_EXTENSIONS
+from .data.folders import IMAGE_EXTENSIONS, to_mode
 from .errors import UserError
 
 # Images with more pixels are refused as possible decompression bombs (a 100-byte PNG can claim 10^10 pixels,
 # 10 GB once decoded). 50 MP admits photos of all but medium-format cameras; Pillow's own default is 89 MP.
 MAX_PIXELS = 50_000_000
-SIXTEEN_BIT = ("I;16", "I;16L", "I;16B", "I;16N")
 
 
 class ImageError(Exception):
@@ -58,24 +57,6 @@ def _pillow():
         Image.MAX_IMAGE_PIXELS = before
 
 
-def _to_mode(image: Image.Image, mode: str) -> Image.Image:
-    """`image` as 8-bit "L" or "RGB".
-
-    Alpha is dropped, not composited: training's decoder (torchvision, ImageReadMode.RGB) drops it too, so a
-    transparent PNG is seen as the network saw such files in training. 16-bit (and 32-bit integer) grey is
-    scaled to 0..255 (Pillow's own convert("L") clips everything above 255 to white). Palette, 1-bit, CMYK and
-    YCbCr go through Pillow's conversions; RGB -> L is Pillow's ITU-R 601 luma.
-    """
-    if image.mode in SIXTEEN_BIT or image.mode in ("I", "F"):
-        values = np.asarray(image, dtype=np.float32)  # exact up to 2^24
-        # "I" also holds 8-bit data (e.g. converted from L); only values above 255 mean a 16-bit range.
-        top = 65535 if image.mode in SIXTEEN_BIT or values.max() > 255 else 255
-        image = Image.fromarray(np.rint(values.clip(0, top) * (255 / top)).astype(np.uint8))
-    elif image.mode not in ("L", "RGB"):
-        image = image.convert("L" if image.mode in ("1", "LA", "La") else "RGB")
-    return image.convert(mode)
-
-
 def read_image(path: str | Path, channels: int, max_pixels: int = MAX_PIXELS) -> torch.Tensor:
     """(channels, H, W) uint8 of an image file in any mode Pillow reads; ImageError with the reason if not."""
     try:
@@ -85,7 +66,7 @@ def read_image(path: str | Path, channels: int, max_pixels: int = MAX_PIXELS) ->
                 raise ImageError(f"{width}x{height} is {width * height:,} pixels, over the limit of {max_pixels:,} "
                                  "(--max-pixels): refused as a possible decompression bomb")
             image.load()  # decodes now: a truncated file fails here, not later
-            image = _to_mode(image, "L" if channels == 1 else "RGB")
+            image = to_mode(image, "L" if channels == 1 else "RGB")
     except ImageError:
         raise
     except FileNotFoundError:

@@ -4,8 +4,11 @@ A run directory holds config.toml (the resolved config), metrics.jsonl (one line
 iter-NNNNNNN.pt checkpoints (the newest few) and curves.png. `resume=True` continues a run from its
 newest checkpoint to the configured end; on CPU the result is bit-identical to an uninterrupted run,
 because every random choice is a function of (seed, epoch, batch) and the checkpoint holds the rest.
+Every file is replaced atomically and one run at a time holds the directory (checkpoint.run_lock), so a run
+killed at any moment resumes with nothing lost (docs/RELIABILITY.md).
 """
 
+import contextlib
 import json
 import math
 import time
@@ -18,7 +21,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from . import checkpoint
-from .config import Config
+from .config import Config, load_config
 from .data import BatchLoader, default_workers, load_train_val, normalization_stats, normalize
 from .errors import UserError
 from .evaluate import autocast, evaluate
@@ -32,7 +35,10 @@ def pick_device(name: str) -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise UserError(f"run.device={name} but no CUDA device is available; use run.device=cpu")
-    return torch.device(name)
+    try:
+        return torch.device(name)
+    except RuntimeError:
+        raise UserError(f"unknown device {name!r}; use auto, cpu, cuda or cuda:N") from None
 
 
 def use_bf16(precision: str, device: torch.device) -> bool:
@@ -45,8 +51,13 @@ def use_bf16(precision: str, device: torch.device) -> bool:
 
 
 def train(cfg: Config, run_dir: Path, resume: bool = False) -> dict:
-    """Train as `cfg` says, writing into `run_dir`; returns the last evaluation's metrics."""
-    run_dir = Path(run_dir)
+    """Train as `cfg` says, writing into `run_dir` (refused while another run writes there); returns the last
+    evaluation's metrics."""
+    with checkpoint.run_lock(run_dir) as locked:
+        return _train(cfg, locked, resume)
+
+
+def _train(cfg: Config, run_dir: Path, resume: bool) -> dict:
     torch.manual_seed(cfg.run.seed)
     device = pick_device(cfg.run.device)
     bf16 = use_bf16(cfg.run.precision, device)
@@ -76,16 +87,16 @@ def train(cfg: Config, run_dir: Path, resume: bool = False) -> dict:
                      "in_channels": in_channels}
 
     iteration, history = 0, []
-    run_dir.mkdir(parents=True, exist_ok=True)
     if resume:
         iteration, history = _restore(run_dir, cfg, model, optimizer, scheduler)
-    else:
-        if checkpoint.checkpoints(run_dir):
-            raise UserError(f"{run_dir} already holds a run; resume it with --resume or choose another --out")
-        (run_dir / "config.toml").write_text(tomli_w.dumps(cfg.to_dict()))
+    elif checkpoint.checkpoints(run_dir):
+        raise UserError(f"{run_dir} already holds a run; resume it with --resume or choose another --out")
     tensorboard = _tensorboard(run_dir) if cfg.run.tensorboard else None
     metrics_file = run_dir / "metrics.jsonl"
-    metrics_file.write_text("".join(json.dumps(m) + "\n" for m in history))  # drops lines past the checkpoint
+    with _writes(run_dir):
+        if not resume:
+            _write_text(run_dir / "config.toml", tomli_w.dumps(cfg.to_dict()))
+        _write_metrics(history, metrics_file, None)  # drops lines past the checkpoint
 
     total = cfg.schedule.iterations
     print(f"training {cfg.model.name} on {len(train_set)} images ({len(train_set.classes)} classes), validating on "
@@ -111,16 +122,19 @@ def train(cfg: Config, run_dir: Path, resume: bool = False) -> dict:
             scheduler.step()
             iteration += 1
             meter.add(loss.detach(), logits, labels)
-            if iteration % 10 == 0 and not bar.disable:
-                bar.set_postfix(loss=f"{loss.item():.3f}", err=f"{meter.error():.1%}", img_s=f"{meter.rate():.0f}",
-                                eta=_duration((total - iteration) * len(labels) / meter.rate()))
+            if iteration % 10 == 0:
+                # Reading the loss waits for the device, so only every 10 steps: a diverged run stops within
+                # 10 steps, long before the next evaluation could save its weights.
+                _check_finite("training", meter.loss(), iteration, run_dir, bar)
+                if not bar.disable:
+                    bar.set_postfix(loss=f"{loss.item():.3f}", err=f"{meter.error():.1%}",
+                                    img_s=f"{meter.rate():.0f}",
+                                    eta=_duration((total - iteration) * len(labels) / meter.rate()))
 
             if iteration % cfg.run.eval_every == 0 or iteration == total:
-                if not math.isfinite(meter.loss()):
-                    bar.close()
-                    raise UserError(f"the training loss became {meter.loss()} before iteration {iteration}; lower "
-                                    f"optim.lr (the last good checkpoint is kept in {run_dir})")
+                _check_finite("training", meter.loss(), iteration, run_dir, bar)
                 val = evaluate(model, val_set, mean, std, device, bf16, workers=workers)
+                _check_finite("validation", val["loss"], iteration, run_dir, bar)  # weights broken by the last step
                 history.append({
                     "iteration": iteration, "epoch": round(iteration / len(loader), 3),
                     "lr": cfg.optim.lr * lr_factor(cfg.schedule, iteration - 1),
@@ -130,9 +144,10 @@ def train(cfg: Config, run_dir: Path, resume: bool = False) -> dict:
                     "wall_s": round((history[-1]["wall_s"] if history else 0) + meter.elapsed(), 2),
                 })
                 bar.write(_format(history[-1], total))
-                _write_metrics(history[-1], metrics_file, tensorboard)
-                _save(run_dir, cfg, model, optimizer, scheduler, history, train_set.classes, preprocessing)
-                plot_curves(history, run_dir / "curves.png", title=f"{cfg.model.name}")
+                with _writes(run_dir):
+                    _write_metrics(history, metrics_file, tensorboard)
+                    _save(run_dir, cfg, model, optimizer, scheduler, history, train_set.classes, preprocessing)
+                    plot_curves(history, run_dir / "curves.png", title=f"{cfg.model.name}")
                 meter = Meter()
             if iteration == total:
                 break
@@ -166,6 +181,31 @@ class Meter:
         return self.seen / self.elapsed()
 
 
+def _check_finite(kind: str, loss: float, iteration: int, run_dir: Path, bar) -> None:
+    """Stop a diverged run before it saves a checkpoint of broken weights."""
+    if not math.isfinite(loss):
+        bar.close()
+        kept = checkpoint.checkpoints(run_dir)
+        raise UserError(f"the {kind} loss became {loss} by iteration {iteration}; stopped without saving (the newest "
+                        f"checkpoint, {kept[-1].name if kept else 'none yet'}, is from before): lower optim.lr or "
+                        "warm up (schedule.warmup_iterations) and train again")
+
+
+@contextlib.contextmanager
+def _writes(run_dir: Path):
+    """A failed write into the run directory (disk full, no permission) as one line that says what to do."""
+    try:
+        yield
+    except OSError as e:
+        then = f"resume with `resnets train --resume {run_dir}`" if (run_dir / "config.toml").is_file() else "run again"
+        raise UserError(f"cannot write {e.filename or run_dir} ({e.strerror or e}); the files written before are "
+                        f"intact: free some space or fix the permissions, then {then}") from None
+
+
+def _write_text(path: Path, text: str) -> None:
+    checkpoint.write_atomic(path, lambda f: f.write(text.encode()))
+
+
 def _tensorboard(run_dir: Path):
     try:
         from torch.utils.tensorboard import SummaryWriter
@@ -174,12 +214,13 @@ def _tensorboard(run_dir: Path):
     return SummaryWriter(run_dir / "tensorboard")
 
 
-def _write_metrics(m: dict, metrics_file: Path, tensorboard) -> None:
-    with metrics_file.open("a") as f:
-        f.write(json.dumps(m) + "\n")
+def _write_metrics(history: list[dict], metrics_file: Path, tensorboard) -> None:
+    """metrics.jsonl rewritten whole and atomically (never half a line, whenever the run is killed); the newest
+    line to TensorBoard."""
+    _write_text(metrics_file, "".join(json.dumps(m) + "\n" for m in history))
     if tensorboard:
-        for key, value in m.items():
-            tensorboard.add_scalar(key, value, m["iteration"])
+        for key, value in history[-1].items():
+            tensorboard.add_scalar(key, value, history[-1]["iteration"])
         tensorboard.flush()
 
 
@@ -210,25 +251,57 @@ def _save(run_dir, cfg, model, optimizer, scheduler, history, classes, preproces
 
 
 def _restore(run_dir, cfg, model, optimizer, scheduler) -> tuple[int, list[dict]]:
-    """Load the newest readable checkpoint (falling back past damaged ones) into the live objects."""
+    """Load the newest usable checkpoint into the live objects, falling back past damaged or foreign ones."""
+    _check_same_config(run_dir, cfg)
     found = checkpoint.checkpoints(run_dir)
-    if not found:
-        raise UserError(f"nothing to resume in {run_dir}: it holds no checkpoint")
+    if not found:  # stopped before its first checkpoint: the same run, from the start
+        print(f"{run_dir} holds no checkpoint yet; starting from iteration 0")
+        return 0, []
+    problems = []
     for path in reversed(found):
         try:
-            state = checkpoint.load(path)
+            iteration, history = _load_state(path, checkpoint.load(path), cfg, model, optimizer, scheduler)
             break
         except UserError as e:
             print(f"warning: {e}; trying the previous checkpoint")
+            problems.append(str(e))
     else:
-        raise UserError(f"no readable checkpoint in {run_dir}")
-    if state["config"] != cfg.to_dict():
-        raise UserError(f"{path} was written with a different config; resume with the run's own config.toml")
-    model.load_state_dict(state["model"])
-    optimizer.load_state_dict(state["optimizer"])
-    scheduler.load_state_dict(state["scheduler"])
-    torch.set_rng_state(state["rng"])
-    if state["cuda_rng"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda_rng"])
-    print(f"resuming {run_dir} from iteration {state['iteration']} ({path.name})")
-    return state["iteration"], state["history"]
+        raise UserError(f"no usable checkpoint in {run_dir}; the newest: {problems[0]}")
+    print(f"resuming {run_dir} from iteration {iteration} ({path.name})")
+    return iteration, history
+
+
+def _check_same_config(run_dir: Path, cfg: Config) -> None:
+    """Refuse to resume under another config than the run's own: its checkpoints are the state of that one."""
+    if not (run_dir / "config.toml").is_file():
+        return
+    theirs, ours = load_config(run_dir / "config.toml").to_dict(), cfg.to_dict()
+    changed = [f"{s}.{k}={theirs[s].get(k)!r} (now {v!r})" for s in ours for k, v in ours[s].items()
+               if theirs[s].get(k) != v]
+    if changed:
+        raise UserError(f"{run_dir} was started with a different config ({', '.join(changed[:3])}); resume with the "
+                        "run's own config.toml, or start a new run with --out")
+
+
+def _load_state(path: Path, state: dict, cfg: Config, model, optimizer, scheduler) -> tuple[int, list[dict]]:
+    """A checkpoint's state into the live objects, and its (iteration, history); UserError if it is another
+    run's or another network's."""
+    if state.get("config") != cfg.to_dict():
+        raise UserError(f"{path} was written with a different config")
+    theirs = state.get("model_config") or {}
+    if theirs.get("num_classes") != model.config.num_classes:
+        raise UserError(f"{path} is for {theirs.get('num_classes')} classes but the data has "
+                        f"{model.config.num_classes}")
+    if theirs != model.config.to_dict():
+        raise UserError(f"{path} holds another network than the config builds")
+    try:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        torch.set_rng_state(state["rng"])
+        if state["cuda_rng"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["cuda_rng"])
+        return state["iteration"], state["history"]
+    except (KeyError, TypeError, ValueError, RuntimeError) as e:
+        reason = str(e).strip().splitlines()[0][:120] if str(e).strip() else type(e).__name__
+        raise UserError(f"{path} does not fit the network ({reason})") from None

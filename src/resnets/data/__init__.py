@@ -1,4 +1,4 @@
-from .arrays import ArrayDataset, split_validation
+from .arrays import ArrayDataset, match_classes, split_validation
 from .augment import normalization_stats, normalize, pad_crop_flip
 from .cifar import load_cifar
 from .digits import load_digits
@@ -8,7 +8,6 @@ from .sources import default_workers, load_eval_set, load_splits, load_train_val
 
 __all__ = [
     "ArrayDataset", "BatchLoader", "FolderDataset", "default_workers", "load_cifar", "load_digits", "load_eval_set",
-    "load_folder",
-    "load_splits", "load_train_val", "normalization_stats", "normalize", "pad_crop_flip", "scan_folder",
-    "split_validation",
+    "load_folder", "load_splits", "load_train_val", "match_classes", "normalization_stats", "normalize",
+    "pad_crop_flip", "scan_folder", "split_validation",
 ]

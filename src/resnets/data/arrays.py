@@ -1,5 +1,6 @@
-"""A whole dataset in memory, and the held-out split carved from it."""
+"""A whole dataset in memory, the held-out split carved from it, and relabelling by class name."""
 
+import copy
 from dataclasses import dataclass
 
 import numpy as np
@@ -55,3 +56,14 @@ def split_validation(ds, n: int, seed: int = 0):
         raise UserError(f"the validation size must be between 1 and {len(ds) - 1}, not {n}")
     order = torch.randperm(len(ds), generator=torch.Generator().manual_seed(seed))
     return ds.subset(order[:-n].sort().values), ds.subset(order[-n:].sort().values)
+
+
+def match_classes(ds, classes: list[str]):
+    """`ds` relabelled into the class order of a checkpoint (or a training set), matching class names."""
+    unknown = [c for c in ds.classes if c not in classes]
+    if unknown:
+        raise UserError(f"classes {', '.join(unknown[:5])} are not among the model's {len(classes)} classes")
+    relabelled = copy.copy(ds)
+    relabelled.labels = torch.tensor([classes.index(c) for c in ds.classes])[ds.labels]
+    relabelled.classes = list(classes)
+    return relabelled

@@ -21,6 +21,25 @@ from ..errors import UserError
 from .arrays import ArrayDataset
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
+SIXTEEN_BIT = ("I;16", "I;16L", "I;16B", "I;16N")
+
+
+def to_mode(image: Image.Image, mode: str) -> Image.Image:
+    """`image` as 8-bit "L" or "RGB" (predict reads every file this way, training the files torchvision cannot).
+
+    Alpha is dropped, not composited: torchvision's decoder (ImageReadMode.RGB) drops it too, so a transparent
+    PNG is seen in predict as the network saw such files in training. 16-bit (and 32-bit integer) grey is
+    scaled to 0..255 (Pillow's own convert("L") clips everything above 255 to white). Palette, 1-bit, CMYK and
+    YCbCr go through Pillow's conversions; RGB -> L is Pillow's ITU-R 601 luma.
+    """
+    if image.mode in SIXTEEN_BIT or image.mode in ("I", "F"):
+        values = np.asarray(image, dtype=np.float32)  # exact up to 2^24
+        # "I" also holds 8-bit data (e.g. converted from L); only values above 255 mean a 16-bit range.
+        top = 65535 if image.mode in SIXTEEN_BIT or values.max() > 255 else 255
+        image = Image.fromarray(np.rint(values.clip(0, top) * (255 / top)).astype(np.uint8))
+    elif image.mode not in ("L", "RGB"):
+        image = image.convert("L" if image.mode in ("1", "LA", "La") else "RGB")
+    return image.convert(mode)
 
 
 def scan_folder(root: str | Path) -> tuple[list[Path], list[int], list[str]]:
@@ -32,28 +51,35 @@ def scan_folder(root: str | Path) -> tuple[list[Path], list[int], list[str]]:
     classes = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
     if not classes:
         raise UserError(f"{root} has no class folders; expected root/<class>/<image> files")
-    paths, labels = [], []
-    for label, name in enumerate(classes):
-        files = sorted(
-            p
-            for p in (root / name).rglob("*")
-            if p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith(".") and p.is_file()
-        )
-        paths += files
-        labels += [label] * len(files)
-    if not paths:
+    files = {
+        name: sorted(p for p in (root / name).rglob("*")
+                     if p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith(".") and p.is_file())
+        for name in classes
+    }
+    # A class without images would be an output the network never sees an example of.
+    empty = [str(root / name) for name in classes if not files[name]]
+    classes = [name for name in classes if files[name]]
+    if not classes:
         raise UserError(f"no images ({' '.join(sorted(IMAGE_EXTENSIONS))}) in the class folders of {root}")
+    if empty:
+        warnings.warn(f"skipped {len(empty)} class folder(s) without images: {', '.join(empty[:3])}"
+                      + (", ..." if len(empty) > 3 else ""), stacklevel=2)
+    paths = [p for name in classes for p in files[name]]
+    labels = [label for label, name in enumerate(classes) for _ in files[name]]
     return paths, labels, classes
 
 
 def _decode(path: Path) -> torch.Tensor:
     """(3, H, W) uint8 RGB of an image file; raises if it cannot be read."""
     try:
-        return decode_image(read_file(str(path)), mode=ImageReadMode.RGB)
+        image = decode_image(read_file(str(path)), mode=ImageReadMode.RGB)
     except RuntimeError:
         # torchvision reads JPEG, PNG, GIF and WebP; PIL covers the rest (BMP, TIFF) and is the second opinion.
         with Image.open(path) as image:
-            return torch.from_numpy(np.array(image.convert("RGB"))).permute(2, 0, 1).contiguous()
+            return torch.from_numpy(np.array(to_mode(image, "RGB"))).permute(2, 0, 1).contiguous()
+    if image.dtype == torch.uint16:  # a 16-bit PNG: to 0..255 as to_mode scales it, not a uint16 among uint8s
+        image = (image.float() * (255 / 65535)).round().to(torch.uint8)
+    return image
 
 
 def _fit(image: torch.Tensor, size: int) -> torch.Tensor:

@@ -1,10 +1,11 @@
 """Which dataset a path names, and the train / validation / test splits a run uses."""
 
 import os
+import warnings
 from pathlib import Path
 
 from ..errors import UserError
-from .arrays import split_validation
+from .arrays import match_classes, split_validation
 from .cifar import load_cifar
 from .digits import load_digits
 from .folders import FolderDataset, load_folder
@@ -51,8 +52,21 @@ def load_splits(path: str, data) -> tuple:
         return load_cifar(root, train=True), load_cifar(root, train=False)
     if (root / "train").is_dir():
         val = next((root / name for name in ("val", "test") if (root / name).is_dir()), None)
-        return _folder(root / "train", data), val and _folder(val, data)
+        train = _folder(root / "train", data)
+        return train, val and _labelled_as(_folder(val, data), train.classes, val)
     return _folder(root, data), None
+
+
+def _labelled_as(val, classes: list[str], root: Path):
+    """A validation folder labelled as the training folder is: class folders matched by name, not position."""
+    unknown = [c for c in val.classes if c not in classes]
+    if unknown:
+        raise UserError(f"{root} has class folders that training lacks ({', '.join(unknown[:5])}); remove them")
+    missing = [c for c in classes if c not in val.classes]
+    if missing:
+        warnings.warn(f"{root} has no images of {len(missing)} of the {len(classes)} classes "
+                      f"({', '.join(missing[:5])}): their validation error is not measured", stacklevel=2)
+    return match_classes(val, classes)
 
 
 def load_train_val(data) -> tuple:

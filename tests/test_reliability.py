@@ -1,0 +1,555 @@
+"""Issue 7, nothing lost and nothing let in: faults injected into training runs, bad input to every command.
+
+docs/RELIABILITY.md lists the guarantees and the test that proves each. The tests print their figures (kills
+survived, damaged files tried); `pytest tests/test_reliability.py -v -s` shows them.
+"""
+
+import errno
+import io
+import multiprocessing
+import os
+import pickle
+import random
+import re
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from tqdm import tqdm
+
+from resnets import checkpoint
+from resnets.cli import main
+from resnets.config import load_config
+from resnets.data import FolderDataset, load_train_val
+from resnets.data.folders import _decode
+from resnets.errors import UserError
+from resnets.predict import read_image
+from resnets.train import train
+
+# A 3-block ResNet on the 8x8 digits in fp32 on one thread: fast, and bit-exact from run to run on a CPU.
+NET = {"model.depths": [1, 1, 1], "model.widths": [4, 8, 8], "optim.batch_size": 32, "run.precision": "fp32",
+       "run.device": "cpu", "schedule.milestones": [20]}
+TINY = {**NET, "schedule.iterations": 12, "run.eval_every": 4, "run.keep_checkpoints": 5}  # about a second
+
+
+def cli_args(overrides: dict) -> list[str]:
+    """Overrides as command-line KEY=VALUE arguments."""
+    return [f"{k}={v}".replace(" ", "") for k, v in overrides.items()]
+
+
+def tiny(**overrides):
+    return load_config("digits/resnet20", {**TINY, **overrides})
+
+
+def tiny_args(**overrides) -> list[str]:
+    return cli_args({**TINY, **overrides})
+
+
+# The runs that are killed: 40 iterations with a checkpoint every 2, about 10 s uninterrupted.
+RUN = cli_args({**NET, "schedule.iterations": 40, "run.eval_every": 2})
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """As the child processes run: one thread is also much faster on a busy 2-core machine (see test_predict)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def tiny_reference(tmp_path_factory):
+    """The weights after an uninterrupted tiny() run: what every run that was disturbed must end with."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        run = tmp_path_factory.mktemp("tiny") / "run"
+        train(tiny(), run)
+    finally:
+        torch.set_num_threads(threads)
+    return checkpoint.load(run)
+
+
+def assert_same_weights(ckpt: dict, reference: dict) -> None:
+    assert ckpt["iteration"] == reference["iteration"]
+    assert ckpt["model"].keys() == reference["model"].keys()
+    assert all(torch.equal(ckpt["model"][k], reference["model"][k]) for k in reference["model"])
+
+
+def one_line_error(capsys) -> str:
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err, err
+    return err
+
+
+# ------------------------------------------------------------------------------------- 1. kill at any moment
+
+
+def _cli(args: list[str], log: str) -> None:
+    """`resnets ARGS` in a child process, on one thread, its output appended to `log`."""
+    fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    os.dup2(fd, 1)
+    os.dup2(fd, 2)
+    torch.set_num_threads(1)
+    # tqdm's default lock is a multiprocessing semaphore, which a killed process cannot unregister: the resource
+    # tracker would warn about each at exit. A thread lock does as well here.
+    tqdm.set_lock(threading.RLock())
+    sys.exit(main(args))
+
+
+@pytest.fixture(scope="module")
+def processes():
+    """Processes forked from a server that has imported torch, resnets and sklearn once: a training process then
+    starts in a tenth of a second instead of ~5 s, so a test can kill dozens of them."""
+    ctx = multiprocessing.get_context("forkserver")
+    ctx.set_forkserver_preload([__name__, "resnets.train", "sklearn.datasets", "sklearn.model_selection"])
+    return ctx
+
+
+@pytest.fixture(scope="module")
+def reference(processes, tmp_path_factory):
+    """The final checkpoint of RUN, uninterrupted."""
+    run = tmp_path_factory.mktemp("reference") / "run"
+    child = processes.Process(target=_cli, args=(["train", "--out", str(run), *RUN], str(run.parent / "log")))
+    child.start()
+    child.join()
+    assert child.exitcode == 0, (run.parent / "log").read_text()[-2000:]
+    return checkpoint.load(run)
+
+
+def _wait_for_new(run: Path, kind: str, n: int, child, before: set[str]) -> None:
+    """Until the child has created its n-th new file of `kind` ("iter-" checkpoints or ".iter-" temp files)."""
+    seen = set()
+    while child.is_alive():
+        names = set(os.listdir(run)) if run.is_dir() else set()
+        seen |= {name for name in names - before if name.startswith(kind)}
+        if len(seen) >= n:
+            return
+        time.sleep(0.0005)
+
+
+def test_sigkill_at_any_moment_loses_nothing(processes, reference, tmp_path):
+    """SIGKILL at random moments (start-up, training, evaluation, plotting, inside checkpoint writes) until the
+    run completes by `resnets train --resume`: final weights bit-identical to the uninterrupted run."""
+    run, log = tmp_path / "run", tmp_path / "log"
+    rng = random.Random(7)
+    kills, torn, loaded = Counter(), 0, 0
+    start_up = 0.3  # seconds from launch to the first new checkpoint, measured below
+    for launch in range(200):
+        resume = (run / "config.toml").is_file()
+        child = processes.Process(target=_cli, args=(["train", "--resume", str(run)] if resume else
+                                                     ["train", "--out", str(run), *RUN], str(log)))
+        before = set(os.listdir(run)) if run.is_dir() else set()
+        moment = ["training", "checkpoint write", "start-up"][launch % 3]
+        t = time.perf_counter()
+        child.start()
+        if moment == "start-up":  # anywhere before the first new checkpoint: imports, data, restore, first steps
+            child.join(rng.uniform(0, start_up))
+        elif moment == "training":  # after a checkpoint: steps, evaluation, plot, the next checkpoint
+            _wait_for_new(run, "iter-", 1, child, before)
+            start_up = time.perf_counter() - t
+            child.join(rng.uniform(0, 0.5))
+        else:  # between creating the temp file and renaming it into place
+            _wait_for_new(run, ".iter-", rng.choice([1, 2]), child, before)
+        child.kill()
+        child.join()
+        if child.exitcode == 0:
+            break
+        assert child.exitcode == -signal.SIGKILL, log.read_text()[-2000:]
+        kills[moment] += 1
+        torn += moment == "checkpoint write" and any(p.suffix == ".tmp" for p in run.iterdir())
+        for path in checkpoint.checkpoints(run):  # whatever a loader picks up is whole
+            checkpoint.load(path)
+            loaded += 1
+    else:
+        pytest.fail("the run never completed")
+    print(f"\n{sum(kills.values())} kills survived ({dict(kills)}; {torn} left a half-written temp file), "
+          f"{loaded} checkpoint loads after a kill, {launch + 1} launches")
+    assert sum(kills.values()) >= 20 and torn >= 3
+    assert_same_weights(checkpoint.load(run), reference)
+    assert [m["val_top1_error"] for m in checkpoint.load(run)["history"]] == [
+        m["val_top1_error"] for m in reference["history"]]
+    assert not [p for p in run.iterdir() if p.suffix == ".tmp"]  # the temp files of killed writes were removed
+    assert len((run / "metrics.jsonl").read_text().splitlines()) == 20  # one line per evaluation, none twice
+    text = log.read_text()
+    assert "resuming" in text and "Traceback" not in text
+
+
+# --------------------------------------------------------------------- 8. concurrent runs and the run lock
+
+
+def test_concurrent_runs_do_not_interfere_and_a_shared_run_dir_is_refused(processes, reference, tiny_reference,
+                                                                         tmp_path):
+    """Two runs side by side, one of them by the real command line (`python -m resnets`, its own interpreter): each
+    ends with the weights of the same run undisturbed. Two more pointed at the first one's directory while it
+    trains: refused."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    other = subprocess.Popen([sys.executable, "-m", "resnets", "train", "--out", str(tmp_path / "b"), *tiny_args()],
+                             env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    first = processes.Process(target=_cli, args=(["train", "--out", str(tmp_path / "a"), *RUN], str(tmp_path / "log")))
+    first.start()
+    while first.is_alive() and not (tmp_path / "a" / "config.toml").exists():
+        time.sleep(0.001)
+    intruders = [processes.Process(target=_cli, args=(command, str(tmp_path / f"intruder{i}"))) for i, command in
+                 enumerate([["train", "--out", str(tmp_path / "a"), *RUN], ["train", "--resume", str(tmp_path / "a")]])]
+    for p in intruders:
+        p.start()
+        p.join()
+    assert first.is_alive()  # the intruders came while it trained
+    first.join()
+    assert other.wait(timeout=300) == 0, other.stdout.read()
+    assert first.exitcode == 0 and [p.exitcode for p in intruders] == [2, 2]
+    for i in range(2):
+        err = (tmp_path / f"intruder{i}").read_text().splitlines()
+        assert err[-1] == f"resnets train: error: another run is writing to {tmp_path / 'a'}; wait for it to end " \
+                          "or choose another --out"
+    assert_same_weights(checkpoint.load(tmp_path / "a"), reference)
+    assert_same_weights(checkpoint.load(tmp_path / "b"), tiny_reference)
+    # In one process: the lock is held until train returns, also when it fails.
+    with checkpoint.run_lock(tmp_path / "c"), pytest.raises(UserError, match="another run is writing to"):
+        train(tiny(), tmp_path / "c")
+    with checkpoint.run_lock(tmp_path / "a"):  # released again
+        pass
+
+
+# ------------------------------------------------------------------------------ 2. damaged checkpoints
+
+
+def _same(a, b) -> bool:
+    if isinstance(a, torch.Tensor):
+        return isinstance(b, torch.Tensor) and a.dtype == b.dtype and a.shape == b.shape and torch.equal(a, b)
+    if isinstance(a, dict):
+        return isinstance(b, dict) and a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
+    if isinstance(a, list | tuple):
+        return type(a) is type(b) and len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
+    return a == b
+
+
+def test_damaged_checkpoints_are_refused_never_loaded_wrong(tiny_reference, tmp_path):
+    """Truncations and single flipped bits anywhere in a checkpoint: each is refused with one line naming the file,
+    or (a flip in zip padding or the archive comment) loads exactly the original contents."""
+    run = tmp_path / "run"
+    train(tiny(**{"schedule.iterations": 4}), run)
+    good = checkpoint.checkpoints(run)[-1]
+    data, original = good.read_bytes(), checkpoint.load(good)
+    rng = random.Random(0)
+    variants = [data[:n] for n in [0, 1, 100, *rng.sample(range(len(data)), 40), len(data) - 1]]
+    truncated = len(variants)
+    for _ in range(300):
+        flipped = bytearray(data)
+        flipped[rng.randrange(len(data))] ^= 1 << rng.randrange(8)
+        variants.append(bytes(flipped))
+    outcome = Counter()
+    bad = tmp_path / "bad.pt"
+    for content in variants:
+        bad.write_bytes(content)
+        try:
+            loaded = checkpoint.load(bad)
+        except UserError as e:
+            assert str(bad) in str(e) and "\n" not in str(e)
+            outcome["refused"] += 1
+        else:
+            assert _same(loaded, original)
+            outcome["loaded identical"] += 1
+    print(f"\n{len(variants)} damaged checkpoints ({truncated} truncated, {len(variants) - truncated} with one "
+          f"flipped bit): {dict(outcome)}")
+    assert outcome["refused"] >= 300
+
+
+def test_resume_falls_back_past_damaged_and_foreign_checkpoints(tiny_reference, tmp_path, capsys):
+    """The newest checkpoint flipped in one tensor byte (torch.load alone would load it), then one of another run:
+    resume says which and why, goes on from the newest good one and ends bit-identical."""
+    other = tmp_path / "other"
+    train(tiny(**{"model.widths": [4, 8, 16], "schedule.iterations": 4}), other)
+    run = tmp_path / "run"
+    train(tiny(), run)
+    (run / "iter-0000012.pt").unlink()  # stopped after iteration 8 ...
+    ckpt8 = run / "iter-0000008.pt"
+    fc = checkpoint.load(ckpt8)["model"]["fc.weight"]
+    data = bytearray(ckpt8.read_bytes())
+    data[data.index(fc.numpy().tobytes()[:64]) + 5] ^= 0x10  # ... and one bit of one fc weight flipped since
+    ckpt8.write_bytes(bytes(data))
+    assert not torch.equal(torch.load(ckpt8, weights_only=True)["model"]["fc.weight"], fc)  # torch.load takes it
+    (checkpoint.checkpoints(other)[-1]).rename(run / "iter-0000009.pt")
+    capsys.readouterr()
+    train(tiny(), run, resume=True)
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == f"warning: {run / 'iter-0000009.pt'} was written with a different config; trying the previous " \
+                     "checkpoint"
+    assert out[1].startswith(f"warning: checkpoint {ckpt8} is corrupt (archive/data/") and "CRC-32" in out[1]
+    assert out[2] == f"resuming {run} from iteration 4 (iter-0000004.pt)"
+    assert_same_weights(checkpoint.load(run), tiny_reference)
+
+
+def test_a_class_count_that_does_not_match_the_checkpoint(tmp_path, capsys):
+    """The data gained a class since the run started: resume refuses in one line; eval of a folder whose classes
+    the checkpoint lacks too."""
+    from .fakedata import make_image_folder
+
+    root = make_image_folder(tmp_path / "data", classes=3, per_class=4, size=8)
+    args = [f"data.path={root}", "data.val_split=3", "data.cache_dir=",
+            *tiny_args(**{"schedule.iterations": 2, "run.eval_every": 2, "optim.batch_size": 4})]
+    assert main(["train", "--out", str(tmp_path / "run"), *args]) == 0
+    make_image_folder(tmp_path / "more", classes=4, per_class=4, size=8)
+    (tmp_path / "more" / "c3").rename(root / "c3")
+    capsys.readouterr()
+    assert main(["train", "--resume", str(tmp_path / "run")]) == 2
+    assert "iter-0000002.pt is for 3 classes but the data has 4" in one_line_error(capsys)
+    assert main(["eval", str(tmp_path / "run"), "--data", str(root)]) == 2
+    assert "classes c3 are not among the model's 3 classes" in one_line_error(capsys)
+
+
+# ----------------------------------------------------------------------- 3. disk full, unwritable folder
+
+
+def _failing_writes(monkeypatch, name: str, error: int, calls_before: int = 0) -> None:
+    """Make the write of run-directory file `name` fail after `calls_before` good ones: ENOSPC from the kernel
+    itself (the temp file is /dev/full underneath), or EACCES as from a folder made read-only (chmod cannot
+    simulate that for root, who may run the tests)."""
+    real, calls = tempfile.mkstemp, Counter()
+
+    def mkstemp(suffix=None, prefix=None, dir=None, text=False):
+        if prefix == f".{name}.":
+            calls[name] += 1
+            if calls[name] > calls_before:
+                if error == errno.EACCES:
+                    raise PermissionError(errno.EACCES, "Permission denied", os.path.join(dir, prefix + "x" + suffix))
+                fd, path = real(suffix, prefix, dir, text)
+                os.close(fd)
+                return os.open("/dev/full", os.O_WRONLY), path
+        return real(suffix, prefix, dir, text)
+
+    monkeypatch.setattr(tempfile, "mkstemp", mkstemp)
+
+
+@pytest.mark.parametrize("name, error, calls_before, kept", [
+    ("iter-0000008.pt", errno.ENOSPC, 0, 1),  # the disk fills while the second checkpoint is written
+    ("metrics.jsonl", errno.ENOSPC, 2, 1),  # ... while the log gets its line for iteration 8
+    ("iter-0000008.pt", errno.EACCES, 0, 1),  # the folder turns read-only
+    ("config.toml", errno.EACCES, 0, 0),  # the folder is read-only from the start
+])
+def test_a_failed_write_is_one_line_and_loses_nothing(tiny_reference, tmp_path, monkeypatch, capsys,
+                                                      name, error, calls_before, kept):
+    run = tmp_path / "run"
+    with monkeypatch.context() as m:
+        _failing_writes(m, name, error, calls_before)
+        assert main(["train", "--out", str(run), *tiny_args()]) == 2
+    err = one_line_error(capsys)
+    assert f"cannot write {run / name} ({os.strerror(error)})" in err
+    assert ("resume with `resnets train --resume" if kept else "run again") in err
+    assert [p.name for p in checkpoint.checkpoints(run)] == ["iter-0000004.pt"][:kept]
+    if kept:
+        assert checkpoint.load(run)["iteration"] == 4
+        assert not [p for p in run.iterdir() if p.name.startswith(".")]  # no temp file left
+        assert main(["train", "--resume", str(run)]) == 0
+    else:
+        assert not run.exists()  # nothing was written, so nothing is left
+        assert main(["train", "--out", str(run), *tiny_args()]) == 0
+    assert_same_weights(checkpoint.load(run), tiny_reference)
+    assert len((run / "metrics.jsonl").read_text().splitlines()) == 3
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only folders")
+def test_a_read_only_parent_folder_is_one_line(tmp_path, capsys):
+    parent = tmp_path / "ro"
+    parent.mkdir(mode=0o500)
+    assert main(["train", "--out", str(parent / "run"), *tiny_args()]) == 2
+    assert f"cannot create the run directory {parent / 'run'} (Permission denied)" in one_line_error(capsys)
+
+
+# --------------------------------------------------------------------------------- 4. non-finite loss
+
+
+@pytest.mark.parametrize("eval_every, caught_at, kind, good", [
+    (8, 10, "training", 8),  # the every-10-steps check, before the evaluation at 16 could save anything
+    (3, 9, "validation", 6),  # step 9 broke the weights; the training loss (of steps 7-9) was still finite
+])
+def test_a_diverging_run_stops_keeping_the_last_good_checkpoint(tmp_path, capsys, eval_every, caught_at, kind, good):
+    # lr 0.1 for 8 warm-up steps, then 1e30: the weights overflow at step 9.
+    overrides = {"optim.lr": 1e30, "schedule.warmup_iterations": 8, "schedule.warmup_factor": 1e-31,
+                 "schedule.iterations": 40, "run.eval_every": eval_every, "schedule.milestones": [40]}
+    run = tmp_path / "run"
+    assert main(["train", "--out", str(run), *tiny_args(**overrides)]) == 2
+    err = one_line_error(capsys)
+    assert re.search(f"the {kind} loss became (nan|inf) by iteration {caught_at}; stopped without saving", err)
+    assert f"(the newest checkpoint, iter-{good:07d}.pt, is from before)" in err
+    assert checkpoint.checkpoints(run)[-1].name == f"iter-{good:07d}.pt"
+    ckpt = checkpoint.load(run)
+    assert all(torch.isfinite(w).all() for w in ckpt["model"].values()) and ckpt["iteration"] == good
+    assert len((run / "metrics.jsonl").read_text().splitlines()) == good // eval_every
+
+
+# ------------------------------------------------------------------------------------------ 5. bad data
+
+
+def _bad_data(root: Path) -> dict[str, list[str]]:
+    """root/train/c0..c2 + root/val (no c1) of 8x8 images, with every kind of awkward file among them."""
+    rng = np.random.default_rng(0)
+
+    def pixels(*shape):
+        return rng.integers(0, 256, (8, 8, *shape), dtype=np.uint8)
+
+    for split, classes in (("train", ["c0", "c1", "c2"]), ("val", ["c0", "c2"])):
+        for c in classes:
+            (root / split / c).mkdir(parents=True)
+            for i in range(6):
+                Image.fromarray(pixels(3)).save(root / split / c / f"{i}.png")
+    c0 = root / "train" / "c0"
+    jpeg = io.BytesIO()
+    Image.fromarray(pixels(3)).save(jpeg, "JPEG")
+    unreadable = {"truncated.jpg": jpeg.getvalue()[: len(jpeg.getvalue()) // 2], "empty.jpg": b"",
+                  "text.png": b"not an image", "html.jpeg": b"<html>404 not found</html>"}
+    for name, content in unreadable.items():
+        (c0 / name).write_bytes(content)
+    converted = {
+        "png_named.jpg": (Image.fromarray(pixels(3)), "PNG"), "gray.png": (Image.fromarray(pixels()), None),
+        "cmyk.jpg": (Image.fromarray(pixels(3)).convert("CMYK"), None),
+        "rgba.png": (Image.fromarray(pixels(4), "RGBA"), None),
+        "la.png": (Image.fromarray(pixels()).convert("LA"), None),
+        "palette.gif": (Image.fromarray(pixels(3)).convert("P"), None),
+        "bits.bmp": (Image.fromarray(pixels() > 127), None),
+        "gray16.png": (Image.fromarray(pixels().astype(np.uint16) * 257), None),
+        "gray16.tif": (Image.fromarray(pixels().astype(np.uint16) * 257), None),
+        "cmyk.tif": (Image.fromarray(pixels(3)).convert("CMYK"), None),
+    }
+    for name, (image, format) in converted.items():
+        image.save(c0 / name, format)
+    (c0 / "notes.txt").write_text("not an image extension: not looked at")
+    (c0 / ".DS_Store").write_bytes(b"\0\1")
+    (root / "train" / "empty_class").mkdir()
+    (root / "train" / "empty_class" / "readme.txt").write_text("no images here")
+    return {"unreadable": [str(c0 / n) for n in unreadable], "converted": [str(c0 / n) for n in converted]}
+
+
+@pytest.mark.parametrize("loader", ["memory", "stream"])
+def test_bad_data_is_converted_skipped_or_refused_before_training(tmp_path, capsys, loader):
+    files = _bad_data(tmp_path / "data")
+    args = [f"data.path={tmp_path / 'data'}", "data.image_size=8", "data.cache_dir=", f"data.loader={loader}",
+            "data.workers=1", "data.pad=0", *tiny_args(**{"schedule.iterations": 6, "run.eval_every": 3,
+                                                         "optim.batch_size": 8})]
+    with pytest.warns(UserWarning) as caught:
+        assert main(["train", "--out", str(tmp_path / "run"), *args]) == 0
+    warned = "\n".join(str(w.message) for w in caught)
+    assert f"skipped 1 class folder(s) without images: {tmp_path / 'data' / 'train' / 'empty_class'}" in warned
+    assert f"{tmp_path / 'data' / 'val'} has no images of 1 of the 3 classes (c1)" in warned
+    if loader == "memory":
+        assert "skipped 4 unreadable image(s)" in warned
+    else:  # streamed: each unreadable file is named (when drawn) and replaced by the next readable one
+        unread = {str(w.message).removeprefix("skipping unreadable image ") for w in caught
+                  if str(w.message).startswith("skipping unreadable")}
+        assert unread and unread <= set(files["unreadable"])
+    ckpt = checkpoint.load(tmp_path / "run")
+    assert ckpt["classes"] == ["c0", "c1", "c2"] and ckpt["iteration"] == 6
+    print(f"\n{loader}: {len(files['unreadable'])} unreadable files skipped, {len(files['converted'])} converted, "
+          "1 empty class folder skipped, 1 class missing from val")
+
+    # Every file reads as 3 x 8 x 8 uint8, in streamed order, with no exception: no crash mid-epoch.
+    with pytest.warns(UserWarning):
+        ds = FolderDataset(tmp_path / "data" / "train", 8)
+        batches = list(ds.load_batches([torch.arange(len(ds))]))
+    assert batches[0][0].shape == (len(ds), 3, 8, 8) and batches[0][0].dtype == torch.uint8
+    # Validation is labelled by class name: c2 is label 2 although val has only c0 and c2.
+    cfg = load_config(None, {"data.path": str(tmp_path / "data"), "data.image_size": 8, "data.cache_dir": ""})
+    with pytest.warns(UserWarning):
+        _, val = load_train_val(cfg.data)
+    assert val.classes == ["c0", "c1", "c2"] and sorted(set(val.labels.tolist())) == [0, 2]
+    # A validation class that training lacks: refused before training starts, naming the folder.
+    (tmp_path / "data" / "val" / "zebra").mkdir()
+    Image.new("RGB", (8, 8)).save(tmp_path / "data" / "val" / "zebra" / "z.png")
+    capsys.readouterr()
+    with pytest.warns(UserWarning):
+        assert main(["train", "--out", str(tmp_path / "run2"), *args]) == 2
+    err = one_line_error(capsys)
+    assert f"{tmp_path / 'data' / 'val'} has class folders that training lacks (zebra)" in err
+    assert not (tmp_path / "run2").exists()
+
+
+def test_16_bit_images_are_scaled_as_predict_scales_them(tmp_path):
+    values = np.array([[0, 257, 32768, 65535]], dtype=np.uint16)
+    for name in ("g16.png", "g16.tif"):  # torchvision decodes the PNG, Pillow the TIFF
+        Image.fromarray(values).save(tmp_path / name)
+        decoded = _decode(tmp_path / name)
+        assert decoded.dtype == torch.uint8 and decoded[0, 0].tolist() == [0, 1, 128, 255]
+        assert torch.equal(decoded, read_image(tmp_path / name, 3))
+
+
+# ----------------------------------------------------------------------------------- 6. untrusted files
+
+
+class Payload:
+    """Unpickling this creates a file: what a malicious checkpoint would do with os.system instead."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return open, (str(self.marker), "w")
+
+
+def test_a_malicious_checkpoint_runs_nothing(tiny_reference, tmp_path, capsys):
+    """train --resume and eval meet a pickle that would create a file (predict and export: test_export.py)."""
+    marker = tmp_path / "pwned"
+    run = tmp_path / "run"
+    train(tiny(), run)
+    for later in checkpoint.checkpoints(run)[1:]:
+        later.unlink()
+    evil = {**checkpoint.load(run), "model": Payload(marker)}
+    torch.save(evil, run / "iter-0000012.pt")  # a valid zip with a valid CRC: only weights_only stops it
+    (run / "iter-0000011.pt").write_bytes(pickle.dumps(evil, protocol=2))  # a bare pickle
+    (tmp_path / "garbage.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json at all}")
+    capsys.readouterr()
+    for path, reason in [("run/iter-0000012.pt", "Weights only load failed"),
+                         ("run/iter-0000011.pt", "File is not a zip file"),
+                         ("garbage.safetensors", "is a damaged")]:
+        assert main(["eval", str(tmp_path / path), "--data", "digits"]) == 2
+        assert reason in one_line_error(capsys)
+    assert main(["train", "--resume", str(run)]) == 0
+    out = capsys.readouterr().out
+    assert out.count("warning:") == 2 and "resuming" in out and "from iteration 4" in out
+    assert not marker.exists()
+    assert_same_weights(checkpoint.load(run / "iter-0000012.pt"), tiny_reference)  # the real one replaced it
+    pickle.loads(pickle.dumps(Payload(marker))).close()  # the test's own check: plain pickle runs the payload
+    assert marker.exists()
+
+
+# ---------------------------------------------------------------------------------------- 7. bad commands
+
+
+@pytest.mark.parametrize("args, message", [
+    (["train", "optim.momentun=0.9"], "unknown config key 'optim.momentun'; did you mean optim.momentum"),
+    (["train", "--recipe", "cifar10/resnet21"], "no recipe 'cifar10/resnet21'; did you mean"),
+    (["train", "model.num_classes=5"], "model.num_classes is taken from the data"),
+    (["train", "run.eval_every=0"], "run.eval_every must be at least 1, got 0"),
+    (["train", "optim.batch_size=-8"], "optim.batch_size must be at least 1"),
+    (["train", "run.device=tpu"], "unknown device 'tpu'"),
+    (["train", "data.path=missing/folder"], "data path missing/folder does not exist"),
+])
+def test_more_bad_commands_are_one_line_exit_2(args, message, tmp_path, monkeypatch, capsys):
+    """Beyond test_train.py's test_bad_commands_are_one_line_exit_2 (unknown model, wrong type, no data, ...)."""
+    monkeypatch.chdir(tmp_path)
+    assert main(args) == 2
+    assert message in one_line_error(capsys)
+    assert list(tmp_path.iterdir()) == []  # no run directory left behind
+
+
+def test_resume_with_another_config_and_debug(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(["train", "--out", str(run), *tiny_args(**{"schedule.iterations": 4})]) == 0
+    capsys.readouterr()
+    assert main(["train", "--resume", str(run), "optim.lr=0.2", "run.eval_every=3"]) == 2
+    assert (f"{run} was started with a different config (optim.lr=0.1 (now 0.2), run.eval_every=4 (now 3)); "
+            "resume with the run's own config.toml") in one_line_error(capsys)
+    assert main(["--debug", "train", "--resume", str(run), "optim.lr=0.2"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("Traceback") and "_check_same_config" in err
+    assert err.splitlines()[-1].startswith(f"resnets train: error: {run} was started with a different config")
