@@ -131,7 +131,10 @@ class ImageNetFolder(torch.utils.data.Dataset):
         return part
 
     def load_batches(self, batches: list, workers: int = 0):
-        """(images, labels) for each list of items in `batches`, decoded by `workers` persistent processes."""
+        """(images, labels) for each list of items in `batches`, decoded by `workers` persistent processes.
+
+        One pass at a time per dataset object: a new pass takes over the workers of an unfinished one.
+        """
         loader = self._dataloader(workers)
         loader.batch_sampler.batches = [b.tolist() if torch.is_tensor(b) else b for b in batches]
         for images, labels, unreadable in loader:
@@ -158,11 +161,11 @@ class ImageNetFolder(torch.utils.data.Dataset):
     def __getstate__(self) -> dict:
         return {**self.__dict__, "_loader": None}  # workers get the dataset, not its loader (spawn pickles it)
 
-    def sample(self, n: int, workers: int = 0) -> ArrayDataset:
+    def sample(self, n: int) -> ArrayDataset:
         """n centre crops spread over the folder, in memory: enough to estimate normalisation statistics."""
         index = torch.linspace(0, len(self) - 1, min(n, len(self))).long()
         center = self.with_protocol("center")
-        images, labels = map(torch.cat, zip(*center.load_batches(index.split(256), workers)))
+        images, labels = map(torch.cat, zip(*center.load_batches(index.split(256))))
         self.unreadable |= center.unreadable
         readable = labels >= 0
         return ArrayDataset(images[readable], labels[readable], self.classes)

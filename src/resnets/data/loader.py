@@ -54,9 +54,10 @@ class BatchLoader:
         if self.scale:  # per-image ImageNet augmentation: the dataset gets (index, side, u, v, mirror) items
             numbered = [(i, _scale_crop_flip_items(index, self.scale, self.flip,
                                                    _generator("augment", self.seed, epoch, i))) for i, index in numbered]
-        numbered = [(i, batch[self._mine()]) for i, batch in numbered if len(batch[self._mine()])]
-        batches = self.ds.load_batches([batch for _, batch in numbered], self.workers)
-        for (i, _), (images, labels) in zip(numbered, batches):
+        shares = [(i, batch[self._mine()]) for i, batch in numbered]
+        shares = [(i, share) for i, share in shares if len(share)]  # evaluation: the last step may leave some none
+        batches = self.ds.load_batches([share for _, share in shares], self.workers)
+        for (i, _), (images, labels) in zip(shares, batches):
             if not self.scale and (self.pad or self.flip):
                 whole = min(step, len(self.ds) - i * step)  # images in this step, all processes together
                 images = pad_crop_flip(images, self.pad, self.flip, _generator("augment", self.seed, epoch, i),
