@@ -117,3 +117,40 @@ def make_image_folder(root: Path, classes: int = 3, per_class: int = 4, size: in
         Image.fromarray(pixels[..., :3]).save(jpeg, "JPEG")
         (extra / "corrupt.jpg").write_bytes(jpeg.getvalue()[: len(jpeg.getvalue()) // 3])
     return root
+
+
+# (height, width) and how each file of an ImageNet-style class folder is written: varied sizes and aspect ratios,
+# and the modes real ImageNet holds (a few greyscale and CMYK JPEGs, PNGs disguised as JPEG) and more.
+IMAGENET_FILES = [
+    ((40, 56), "RGB", "JPEG"), ((64, 48), "L", "JPEG"), ((50, 50), "CMYK", "JPEG"), ((36, 72), "RGBA", "PNG"),
+    ((60, 44), "I;16", "PNG"), ((48, 64), "P", "GIF"), ((45, 60), "RGB", "BMP"),
+]
+
+
+def make_imagenet_folder(root: Path, classes: int = 3, train_per_class: int = 6, val_per_class: int = 4) -> Path:
+    """root/train/n<k>/*.JPEG|png|... and root/val/...: the ILSVRC layout in miniature, one corrupt file in each.
+
+    Images cycle through IMAGENET_FILES (sizes 36..72 pixels, RGB, greyscale, CMYK, RGBA, 16-bit, palette,
+    BMP); each class has its own mean colour so that a network can learn something. The first class of train/
+    and of val/ also holds `corrupt.JPEG`, a truncated JPEG that no decoder reads.
+    """
+    root = Path(root)
+    rng = np.random.default_rng(0)
+    for split, per_class in (("train", train_per_class), ("val", val_per_class)):
+        for k in range(classes):
+            folder = root / split / f"n{k:08d}"
+            folder.mkdir(parents=True, exist_ok=True)
+            for i in range(per_class):
+                (h, w), mode, fmt = IMAGENET_FILES[(i + k) % len(IMAGENET_FILES)]
+                pixels = np.clip(rng.normal(60 + 60 * k, 40, (h, w, 3)), 0, 255).astype(np.uint8)
+                image = Image.fromarray(pixels)
+                if mode == "I;16":
+                    image = Image.fromarray(pixels[..., 0].astype(np.uint16) * 257)
+                elif mode != "RGB":
+                    image = image.convert(mode)
+                suffix = {"JPEG": ".JPEG", "PNG": ".png", "GIF": ".gif", "BMP": ".bmp"}[fmt]
+                image.save(folder / f"{split}_{k}_{i}{suffix}", fmt)
+        jpeg = io.BytesIO()
+        Image.fromarray(rng.integers(0, 256, (40, 40, 3), dtype=np.uint8)).save(jpeg, "JPEG")
+        (root / split / "n00000000" / "corrupt.JPEG").write_bytes(jpeg.getvalue()[: len(jpeg.getvalue()) // 3])
+    return root

@@ -12,6 +12,8 @@ import torch
 from .errors import UserError
 
 DEFAULT_RECIPE = "digits/resnet20"  # the embedded default: trains anywhere, no download
+# Images per evaluation batch: ten crops make ten network inputs per image, multi-scale testing runs one at a time.
+EVAL_BATCH = {"center": 500, "10crop": 50, "multiscale": 8}
 
 
 def cmd_summary(args) -> None:
@@ -118,31 +120,44 @@ def _ints(text: str) -> list[int]:
 
 
 def cmd_eval(args) -> None:
+    from . import distributed
     from .config import DataSection
-    from .data import default_workers, load_eval_set, match_classes
+    from .data import ImageNetFolder, default_workers, load_eval_set, match_classes
     from .evaluate import evaluate
     from .export import load_model
     from .train import pick_device, use_bf16
 
-    device = pick_device(args.device)
+    protocols = args.protocol.split(",")
+    device = distributed.setup(pick_device(args.device))  # under torchrun each process scores its share
     model, info = load_model(args.checkpoint, device)
     pre = info["preprocessing"]
-    data = DataSection(image_size=pre["input_size"] if Path(args.data).is_dir() else 0, cache_dir="")
+    folder = Path(args.data).is_dir()
+    # Images of any size, resized then cropped as the protocol says, when the network was trained so (resize >
+    # input_size) or another protocol than the centre crop is asked for; else the fixed-size folder path.
+    views = folder and (pre["resize"] != pre["input_size"] or protocols != ["center"])
+    data = DataSection(image_size=pre["input_size"] if folder else 0, cache_dir="",
+                       crop=pre["input_size"] if views else 0, resize=pre["resize"] if views else 0)
     ds = load_eval_set(args.data, data)
     if ds.image_shape != (pre["in_channels"], pre["input_size"], pre["input_size"]):
         raise UserError(f"{args.data} holds {ds.image_shape} images but the model takes "
                         f"{(pre['in_channels'], pre['input_size'], pre['input_size'])}")
+    if protocols != ["center"] and not isinstance(ds, ImageNetFolder):
+        raise UserError(f"--protocol {args.protocol} needs an image folder; {args.data} is not one")
     ds = match_classes(ds, info["classes"])
     bf16 = use_bf16(args.precision, device)
     model = model.to(memory_format=torch.channels_last)
-    result = evaluate(model, ds, pre["mean"].to(device), pre["std"].to(device), device, bf16,
-                      workers=default_workers(data.workers))
-    result = {k: result[k] for k in ("top1_error", "top5_error", "images", "loss")}
-    if args.json:
-        print(json.dumps(result))
-    else:
-        print(f"{result['images']} images: top-1 error {result['top1_error']:.2%}, "
-              f"top-5 error {result['top5_error']:.2%}, loss {result['loss']:.4f}")
+    for protocol in protocols:
+        part = ds.with_protocol(protocol, args.scales) if views else ds
+        result = evaluate(model, part, pre["mean"].to(device), pre["std"].to(device), device, bf16,
+                          batch_size=EVAL_BATCH[protocol], workers=default_workers(data.workers))
+        result = {"protocol": protocol, **{k: result[k] for k in ("top1_error", "top5_error", "images", "loss")}}
+        if distributed.rank() != 0:
+            continue
+        if args.json:
+            print(json.dumps(result))
+        else:
+            print(f"{result['images']} images, {protocol}: top-1 error {result['top1_error']:.2%}, "
+                  f"top-5 error {result['top5_error']:.2%}, loss {result['loss']:.4f}")
 
 
 def cmd_predict(args) -> int:
@@ -231,7 +246,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", required=True, help="'digits', a CIFAR archive/folder (test split) or an image folder")
     p.add_argument("--device", default="auto")
     p.add_argument("--precision", default="fp32", choices=("auto", "bf16", "fp32"))
-    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--protocol", default="center", type=_protocols,
+                   help="the paper's test protocols, one or several comma-separated: center (resize, centre crop; the "
+                        "default), 10crop (4 corners + centre and their mirror images, scores averaged), multiscale "
+                        "(the whole image at each of --scales, scores averaged)")
+    p.add_argument("--scales", default="224,256,384,480,640", type=_integers,
+                   help="multiscale: shorter sides in pixels (default: the paper's 224,256,384,480,640)")
+    p.add_argument("--json", action="store_true", help="print one JSON object per protocol")
     p.set_defaults(func=cmd_eval)
 
     p = jobs.add_parser("predict", help="classify image files with a checkpoint or safetensors export")
@@ -255,7 +276,28 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _protocols(text: str) -> str:
+    from .data.imagenet import PROTOCOLS
+
+    unknown = [p for p in text.split(",") if p not in PROTOCOLS]
+    if unknown:
+        raise argparse.ArgumentTypeError(f"{', '.join(unknown)}: choose from {', '.join(PROTOCOLS)}")
+    return text
+
+
+def _integers(text: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+    if min(values) < 1:
+        raise argparse.ArgumentTypeError(f"expected positive sizes, got {text!r}")
+    return values
+
+
 def main(argv: list[str] | None = None) -> int:
+    from . import distributed
+
     args = build_parser().parse_args(argv)
     try:
         status = args.func(args) or 0
@@ -267,4 +309,6 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"resnets {args.job}: interrupted", file=sys.stderr)
         return 130
+    finally:
+        distributed.shutdown()  # leaves torchrun's process group, if this process joined one
     return status

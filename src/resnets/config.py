@@ -31,11 +31,20 @@ class DataSection:
     # Image folders: "memory" decodes all images once (fast for small images such as CIFAR's), "stream"
     # decodes each batch in `workers` processes; "auto" streams when the decoded folder would exceed 4 GiB.
     loader: str = "auto"
-    workers: int = 0  # decoding processes for streamed folders; 0 = one per CPU core, at most 8
+    workers: int = 0  # decoding processes per training process; 0 = its share of the CPU cores, at most 8
+    # ImageNet-style folders of images of any size (He et al. 2015, Sec. 3.4), decoded and cropped image by image
+    # in the workers; crop = 0 keeps the fixed-size path above (image_size, pad, loader do not apply otherwise).
+    crop: int = 0  # training: a random crop x crop square; evaluation: the centre one (the paper: 224)
+    # Training, required with crop: shorter side resized to a random integer in [lo, hi] first ([256, 480]).
+    scale: list[int] = field(default_factory=list)
+    resize: int = 0  # evaluation: shorter side resized to this before the centre crop (256); 0 = crop
+    lighting: float = 0.0  # std of AlexNet's PCA colour noise (the paper's "standard color augmentation": 0.1)
 
 
 @dataclass
 class OptimSection:
+    # Per process: under torchrun, N processes take N x batch_size images per step, and the lr used is N x lr
+    # (the linear scaling rule, Goyal et al. 2017); with one process both are as written.
     batch_size: int = 128
     lr: float = 0.1  # for batch_size images per step
     momentum: float = 0.9
@@ -46,7 +55,10 @@ class OptimSection:
 
 @dataclass
 class ScheduleSection:
-    kind: str = "step"  # step (the paper) | cosine | onecycle
+    kind: str = "step"  # step (the paper's CIFAR) | plateau (the paper's ImageNet) | cosine | onecycle
+    # "epoch": iterations, milestones, warmup_iterations and run.eval_every count epochs (of the N x batch_size
+    # images steps that N processes take), so that one recipe keeps its epochs on any number of processes.
+    unit: str = "iteration"
     iterations: int = 64_000
     milestones: list[int] = field(default_factory=lambda: [32_000, 48_000])  # step: lr /= 10 at each
     gamma: float = 0.1
@@ -54,18 +66,25 @@ class ScheduleSection:
     # "constant": lr * warmup_factor during warm-up, then the schedule (the paper's ResNet-110: 0.01 then 0.1);
     # "linear": ramp from lr * warmup_factor up to lr.
     warmup: str = "constant"
+    # Of the one-process lr: N processes warm up from warmup_factor x lr to N x lr ("linear", 1.0: Goyal et al.'s
+    # gradual warm-up, which is no warm-up at all on one process).
     warmup_factor: float = 0.1
+    # plateau: lr *= gamma after `patience` evaluations in a row that do not lower the best validation top-1
+    # error by more than min_delta (fraction, 0.001 = 0.1 points); the count then starts again.
+    patience: int = 5
+    min_delta: float = 0.001
 
 
 @dataclass
 class RunSection:
     seed: int = 0
-    eval_every: int = 1000  # iterations between evaluations, log lines and checkpoints
+    eval_every: int = 1000  # iterations (epochs if schedule.unit = "epoch") between evaluations and checkpoints
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     precision: str = "auto"  # auto (bf16 where the hardware has it) | bf16 | fp32
     channels_last: bool = True
     compile: bool = False  # measured: torch.compile slows CPU training of these nets (benchmarks/train_speed.py)
     keep_checkpoints: int = 2
+    sync_bn: bool = False  # torchrun on GPUs: BN statistics over all processes' images (nn.SyncBatchNorm)
     tensorboard: bool = False  # also log the metrics to run_dir/tensorboard (needs `pip install tensorboard`)
 
 
@@ -98,7 +117,8 @@ class Config:
 
 SECTIONS = {f.name: f.type for f in fields(Config)}
 CHOICES = {
-    "schedule.kind": ("step", "cosine", "onecycle"),
+    "schedule.kind": ("step", "plateau", "cosine", "onecycle"),
+    "schedule.unit": ("iteration", "epoch"),
     "schedule.warmup": ("constant", "linear"),
     "data.normalize": ("pixel_mean", "channel"),
     "data.loader": ("auto", "memory", "stream"),
@@ -226,7 +246,20 @@ def load_config(recipe: str | None = None, overrides: list[str] | dict = ()) -> 
     for key, value in items:
         _set(cfg, _resolve_key(key), parse_value(value) if isinstance(value, str) else value)
     cfg.model_config(num_classes=10, in_channels=3)  # fails now, not after loading data, on a bad model option
+    _check_crop(cfg.data)
     return cfg
+
+
+def _check_crop(data: DataSection) -> None:
+    if not data.crop:
+        return
+    if len(data.scale) != 2 or not data.crop <= data.scale[0] <= data.scale[1]:
+        raise UserError(f"data.crop={data.crop} needs data.scale = [lo, hi] with {data.crop} <= lo <= hi, the range "
+                        f"of the shorter side before the crop (the paper: [256, 480]); got {data.scale}")
+    if data.resize and data.resize < data.crop:
+        raise UserError(f"data.resize={data.resize} is smaller than data.crop={data.crop}")
+    if data.pad:
+        raise UserError("data.pad is the fixed-size images' augmentation; with data.crop set data.pad=0")
 
 
 def _split(override: str) -> tuple[str, str]:

@@ -1,10 +1,12 @@
-"""Top-1 / top-5 error of a model on an in-memory dataset."""
+"""Top-1 / top-5 error of a model on a dataset, under one of the paper's test protocols, on one or N processes."""
 
 import contextlib
+import math
 
 import torch
 import torch.nn.functional as F
 
+from . import distributed
 from .data import BatchLoader, normalize
 
 
@@ -14,20 +16,62 @@ def autocast(device: torch.device, bf16: bool):
 
 @torch.no_grad()
 def evaluate(model, ds, mean, std, device, bf16: bool = False, batch_size: int = 500, workers: int = 0) -> dict:
-    """{"loss", "top1_error", "top5_error", "images"} of `model` (put in eval mode here) on `ds`."""
+    """{"loss", "top1_error", "top5_error", "images"} of `model` (put in eval mode here) on `ds`.
+
+    An image's score is the softmax averaged over its views (one, unless ds.protocol asks for ten crops or
+    several scales); the loss is the cross-entropy of that average. Under torchrun each process scores its
+    share of the images (every image in exactly one share, nothing padded) and the sums are added up over the
+    processes, so every image counts once whatever the number of processes. Unreadable images (label -1, see
+    ImageNetFolder) are left out.
+    """
     was_training = model.training
     model.eval()
     k = min(5, model.config.num_classes)
-    loss = top1 = topk = 0.0
-    for images, labels in BatchLoader(ds, batch_size, shuffle=False, workers=workers).epoch(0):
-        x = normalize(images.to(device), mean, std).contiguous(memory_format=torch.channels_last)
-        labels = labels.to(device)
-        with autocast(device, bf16):
-            logits = model(x).float()
-        loss += F.cross_entropy(logits, labels, reduction="sum").item()
-        hits = logits.topk(k, 1).indices == labels[:, None]  # (B, k)
-        top1 += (~hits[:, 0]).sum().item()
-        topk += (~hits.any(1)).sum().item()
+    sums = torch.zeros(4, dtype=torch.float64, device=device)  # loss, top-1 errors, top-k errors, images
+    loader = BatchLoader(ds, batch_size, shuffle=False, workers=workers, rank=distributed.rank(),
+                         world=distributed.world_size())
+    for images, labels in loader.epoch(0):
+        readable = labels >= 0
+        log_p = image_scores(model, images, mean, std, device, bf16)[readable.to(device)]
+        labels = labels[readable].to(device)
+        hits = log_p.topk(k, 1).indices == labels[:, None]  # (B, k)
+        sums += torch.stack([F.nll_loss(log_p, labels, reduction="sum").double(), (~hits[:, 0]).sum().double(),
+                             (~hits.any(1)).sum().double(), torch.tensor(len(labels), dtype=torch.float64,
+                                                                        device=device)])
     model.train(was_training)
-    n = len(ds)
-    return {"loss": loss / n, "top1_error": top1 / n, "top5_error": topk / n, "images": n}
+    loss, top1, topk, n = distributed.all_sum(sums).tolist()
+    n = max(n, 1)
+    return {"loss": loss / n, "top1_error": top1 / n, "top5_error": topk / n, "images": int(n)}
+
+
+def image_scores(model, images, mean, std, device, bf16: bool = False) -> torch.Tensor:
+    """(B, K) log of each image's softmax scores averaged over its views.
+
+    `images`: uint8 (B, C, H, W), one view each; (B, V, C, H, W), V views of one size each (ten crops); or a
+    list per image of views of different sizes (multi-scale), run one by one (the network is fully
+    convolutional: its global average pool takes any size).
+    """
+    if isinstance(images, list):
+        return torch.cat([_log_mean_softmax(torch.cat([_logits(model, view[None], mean, std, device, bf16)
+                                                       for view in views]), len(views)) for views in images])
+    views = images if images.dim() == 5 else images[:, None]
+    return _log_mean_softmax(_logits(model, views.flatten(0, 1), mean, std, device, bf16), views.shape[1])
+
+
+def _log_mean_softmax(logits: torch.Tensor, views: int) -> torch.Tensor:
+    """(B * V, K) logits, V consecutive rows per image -> (B, K) log of the mean of their softmax."""
+    log_p = logits.log_softmax(1).unflatten(0, (-1, views))
+    return log_p.logsumexp(1) - math.log(views)
+
+
+def _logits(model, images: torch.Tensor, mean, std, device, bf16: bool) -> torch.Tensor:
+    x = images.to(device, non_blocking=True)
+    if mean.dim() == 3 and mean.shape[-1] > 1 and mean.shape[-2:] != x.shape[-2:]:
+        # A per-pixel mean (of crop x crop images) for an input of another size (multi-scale testing): the
+        # mean image resized to it. The paper does not say what it subtracted there; the mean image is nearly
+        # flat on ImageNet, so the choice hardly matters.
+        mean = F.interpolate(mean[None], size=x.shape[-2:], mode="bilinear", align_corners=False)[0]
+    x = normalize(x, mean, std).contiguous(memory_format=torch.channels_last)
+    with autocast(device, bf16):
+        return model(x).float()
+

@@ -1,20 +1,53 @@
-"""Learning-rate schedules as pure functions of the iteration, so resuming needs nothing but the iteration."""
+"""Learning-rate schedules as pure functions of the iteration (and, for "plateau", of the evaluations so far,
+which every checkpoint holds), so resuming needs nothing but the checkpoint."""
 
 import math
+from dataclasses import replace
 
 from .config import ScheduleSection
 
 
-def lr_factor(s: ScheduleSection, it: int) -> float:
-    """Multiplier of the base lr at iteration `it` (0-based)."""
+def lr_factor(s: ScheduleSection, it: int, history: list[dict] = (), world: int = 1) -> float:
+    """Multiplier of the base lr (world x optim.lr) at iteration `it` (0-based).
+
+    `history`: the evaluations so far (metrics dicts); "plateau" counts those made before iteration `it`.
+    `world`: the number of processes; warm-up starts from warmup_factor x the one-process lr.
+    """
     if it < s.warmup_iterations:
+        start = s.warmup_factor / world
         if s.warmup == "constant":
             # The paper's ResNet-110: lr 0.01 until training error is below 80% (~400 iterations), then back to 0.1.
-            return s.warmup_factor
-        return s.warmup_factor + (1 - s.warmup_factor) * it / s.warmup_iterations
+            return start
+        return start + (1 - start) * it / s.warmup_iterations
     if s.kind == "step":
         return s.gamma ** sum(it >= m for m in s.milestones)
+    if s.kind == "plateau":
+        return s.gamma ** plateaus(s, [m["val_top1_error"] for m in history if m["iteration"] < it])
     progress = (it - s.warmup_iterations) / max(1, s.iterations - s.warmup_iterations)
     if s.kind == "cosine":
         return 0.5 * (1 + math.cos(math.pi * progress))
     return 1 - progress  # onecycle: (linear warm-up) then linear decay to zero
+
+
+def plateaus(s: ScheduleSection, errors: list[float]) -> int:
+    """How often the validation error has plateaued: `patience` evaluations in a row without beating the best
+    by more than min_delta, the count starting again after each. The paper divides the lr by 10 "when the error
+    plateaus" without saying how that was judged; this is our rule (ReduceLROnPlateau's, counted in evaluations).
+    """
+    best, stalled, drops = math.inf, 0, 0
+    for error in errors:
+        if error < best - s.min_delta:
+            best, stalled = error, 0
+        else:
+            stalled += 1
+            if stalled == s.patience:
+                drops, stalled = drops + 1, 0
+    return drops
+
+
+def in_iterations(s: ScheduleSection, per_epoch: int) -> ScheduleSection:
+    """`s` with every count in iterations: with unit "epoch", epochs times the iterations of one epoch."""
+    if s.unit == "iteration":
+        return s
+    return replace(s, unit="iteration", iterations=s.iterations * per_epoch, milestones=[m * per_epoch for m in
+                   s.milestones], warmup_iterations=s.warmup_iterations * per_epoch)

@@ -6,28 +6,33 @@ newest checkpoint to the configured end; on CPU the result is bit-identical to a
 because every random choice is a function of (seed, epoch, batch) and the checkpoint holds the rest.
 Every file is replaced atomically and one run at a time holds the directory (checkpoint.run_lock), so a run
 killed at any moment resumes with nothing lost (docs/RELIABILITY.md).
+
+Under torchrun (`torchrun --nproc_per_node=N -m resnets train ...`) the same loop runs in every process on its
+share of each step's N x batch_size images, DistributedDataParallel averaging the gradients; only rank 0 writes
+the run directory and prints, and every rank reads the checkpoint when resuming.
 """
 
 import contextlib
 import json
 import math
+import os
 import time
-from functools import partial
 from pathlib import Path
 
 import tomli_w
 import torch
 import torch.nn.functional as F
+from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from . import checkpoint
+from . import checkpoint, distributed
 from .config import Config, load_config
-from .data import BatchLoader, default_workers, load_train_val, normalization_stats, normalize
+from .data import BatchLoader, default_workers, lighting, load_train_val, normalization_stats, normalize
 from .errors import UserError
 from .evaluate import autocast, evaluate
 from .models import ResNet
 from .plots import plot_curves
-from .schedule import lr_factor
+from .schedule import in_iterations, lr_factor
 
 
 def pick_device(name: str) -> torch.device:
@@ -53,13 +58,17 @@ def use_bf16(precision: str, device: torch.device) -> bool:
 def train(cfg: Config, run_dir: Path, resume: bool = False) -> dict:
     """Train as `cfg` says, writing into `run_dir` (refused while another run writes there); returns the last
     evaluation's metrics."""
+    if int(os.environ.get("RANK", "0")) != 0:  # under torchrun only rank 0 writes, so only it holds the directory
+        return _train(cfg, Path(run_dir), resume)
     with checkpoint.run_lock(run_dir) as locked:
         return _train(cfg, locked, resume)
 
 
 def _train(cfg: Config, run_dir: Path, resume: bool) -> dict:
     torch.manual_seed(cfg.run.seed)
-    device = pick_device(cfg.run.device)
+    device = distributed.setup(pick_device(cfg.run.device))  # under torchrun: this process's GPU, or the CPU
+    rank, world = distributed.rank(), distributed.world_size()
+    main = rank == 0  # the one process that writes files and prints
     bf16 = use_bf16(cfg.run.precision, device)
 
     train_set, val_set = load_train_val(cfg.data)
@@ -69,47 +78,61 @@ def _train(cfg: Config, run_dir: Path, resume: bool) -> dict:
     mean, std = mean.to(device), std.to(device)
     in_channels, size, _ = train_set.image_shape
     model = ResNet(cfg.model_config(len(train_set.classes), in_channels)).to(device)
+    if cfg.run.sync_bn:
+        model = distributed.sync_batchnorm(model, device)
     if cfg.run.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    step_model = torch.compile(model) if cfg.run.compile else model
 
-    # The paper decays every weight (Caffe's default), BN included; so do we.
-    optimizer = torch.optim.SGD(model.parameters(), lr=cfg.optim.lr, momentum=cfg.optim.momentum,
+    # The paper decays every weight (Caffe's default), BN included; so do we. N processes take N times the
+    # images per step at N times the lr (the linear scaling rule; OptimSection).
+    optimizer = torch.optim.SGD(model.parameters(), lr=cfg.optim.lr * world, momentum=cfg.optim.momentum,
                                 nesterov=cfg.optim.nesterov, weight_decay=cfg.optim.weight_decay)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, partial(lr_factor, cfg.schedule))
     loader = BatchLoader(train_set, cfg.optim.batch_size, shuffle=True, pad=cfg.data.pad, flip=cfg.data.flip,
-                         seed=cfg.run.seed, drop_last=True, workers=workers)
+                         scale=cfg.data.scale if cfg.data.crop else None, seed=cfg.run.seed, drop_last=True,
+                         workers=workers, rank=rank, world=world)
     if len(loader) == 0:
-        raise UserError(f"batch_size {cfg.optim.batch_size} exceeds the {len(train_set)} training images")
+        raise UserError(f"{world} x batch_size {cfg.optim.batch_size} exceeds the {len(train_set)} training images")
+    schedule = in_iterations(cfg.schedule, len(loader))
+    eval_every = cfg.run.eval_every * (len(loader) if cfg.schedule.unit == "epoch" else 1)
     # Everything predict/export need to feed the network a new image: shorter side resized to `resize`,
     # centre crop of `input_size`, channels, then (x / 255 - mean) / std.
-    preprocessing = {"mean": mean.cpu(), "std": std.cpu(), "input_size": size, "resize": size,
-                     "in_channels": in_channels}
+    preprocessing = {"mean": mean.cpu(), "std": std.cpu(), "input_size": size,
+                     "resize": (cfg.data.resize or size) if cfg.data.crop else size, "in_channels": in_channels}
 
     iteration, history = 0, []
+    # The plateau schedule reads `history` as evaluations are appended to it (and as _restore replaces it).
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda it: lr_factor(schedule, it, history, world))
     if resume:
-        iteration, history = _restore(run_dir, cfg, model, optimizer, scheduler)
+        iteration, history = _restore(run_dir, cfg, model, optimizer, scheduler, world)
     elif checkpoint.checkpoints(run_dir):
         raise UserError(f"{run_dir} already holds a run; resume it with --resume or choose another --out")
-    tensorboard = _tensorboard(run_dir) if cfg.run.tensorboard else None
+    tensorboard = _tensorboard(run_dir) if cfg.run.tensorboard and main else None
     metrics_file = run_dir / "metrics.jsonl"
-    with _writes(run_dir):
-        if not resume:
-            _write_text(run_dir / "config.toml", tomli_w.dumps(cfg.to_dict()))
-        _write_metrics(history, metrics_file, None)  # drops lines past the checkpoint
+    if main:
+        with _writes(run_dir):
+            if not resume:
+                _write_text(run_dir / "config.toml", tomli_w.dumps(cfg.to_dict()))
+            _write_metrics(history, metrics_file, None)  # drops lines past the checkpoint
+    # DDP averages the gradients over the processes in backward (and starts from rank 0's weights).
+    step_model = DistributedDataParallel(model) if world > 1 else model
+    step_model = torch.compile(step_model) if cfg.run.compile else step_model
 
-    total = cfg.schedule.iterations
-    print(f"training {cfg.model.name} on {len(train_set)} images ({len(train_set.classes)} classes), validating on "
-          f"{len(val_set)}; {total} iterations of {cfg.optim.batch_size} on {device}"
-          f"{' in bf16' if bf16 else ''}; run directory {run_dir}")
+    total = schedule.iterations
+    if main:
+        print(f"training {cfg.model.name} on {len(train_set)} images ({len(train_set.classes)} classes), validating "
+              f"on {len(val_set)}; {total} iterations of {cfg.optim.batch_size}"
+              f"{f' x {world} processes' if world > 1 else ''} on {device}{' in bf16' if bf16 else ''}; run "
+              f"directory {run_dir}")
     model.train()
     meter = Meter()
     while iteration < total:
         epoch, start = divmod(iteration, len(loader))
         bar = tqdm(loader.epoch(epoch, start), initial=start, total=len(loader), desc=f"epoch {epoch + 1}",
-                   leave=False, disable=None, unit="batch")
+                   leave=False, disable=None if main else True, unit="batch")
         for images, labels in bar:
             x = normalize(images.to(device, non_blocking=True), mean, std)
+            if cfg.data.lighting:  # AlexNet's colour noise, drawn like the other augmentations
+                x = lighting(x, cfg.data.lighting * loader.noise(epoch, iteration % len(loader), 3), std)
             if cfg.run.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             labels = labels.to(device, non_blocking=True)
@@ -131,22 +154,26 @@ def _train(cfg: Config, run_dir: Path, resume: bool) -> dict:
                                     img_s=f"{meter.rate():.0f}",
                                     eta=_duration((total - iteration) * len(labels) / meter.rate()))
 
-            if iteration % cfg.run.eval_every == 0 or iteration == total:
+            if iteration % eval_every == 0 or iteration == total:
+                meter.reduce()
                 _check_finite("training", meter.loss(), iteration, run_dir, bar)
+                distributed.broadcast_buffers(model)  # evaluate and save rank 0's BN statistics everywhere
                 val = evaluate(model, val_set, mean, std, device, bf16, workers=workers)
                 _check_finite("validation", val["loss"], iteration, run_dir, bar)  # weights broken by the last step
                 history.append({
                     "iteration": iteration, "epoch": round(iteration / len(loader), 3),
-                    "lr": cfg.optim.lr * lr_factor(cfg.schedule, iteration - 1),
+                    "lr": cfg.optim.lr * world * lr_factor(schedule, iteration - 1, history, world),
                     "train_loss": meter.loss(), "train_error": meter.error(), "val_loss": val["loss"],
                     "val_top1_error": val["top1_error"], "val_top5_error": val["top5_error"],
                     "images_per_s": round(meter.rate(), 1),
                     "wall_s": round((history[-1]["wall_s"] if history else 0) + meter.elapsed(), 2),
                 })
-                bar.write(_format(history[-1], total))
-                with _writes(run_dir):
-                    _write_metrics(history, metrics_file, tensorboard)
-                    _save(run_dir, cfg, model, optimizer, scheduler, history, train_set.classes, preprocessing)
+                if main:
+                    bar.write(_format(history[-1], total))
+                    with _writes(run_dir):
+                        _write_metrics(history, metrics_file, tensorboard)
+                        _save(run_dir, cfg, model, optimizer, scheduler, history, train_set.classes, preprocessing,
+                              world)
                     plot_curves(history, run_dir / "curves.png", title=f"{cfg.model.name}")
                 meter = Meter()
             if iteration == total:
@@ -179,6 +206,13 @@ class Meter:
 
     def rate(self) -> float:
         return self.seen / self.elapsed()
+
+    def reduce(self) -> None:
+        """Sums over all processes (so `rate` becomes the images/s of all of them); nothing with one process."""
+        if distributed.world_size() > 1:
+            sums = distributed.all_sum(torch.tensor([float(self.loss_sum), float(self.errors), self.seen],
+                                                    dtype=torch.float64))
+            self.loss_sum, self.errors, self.seen = sums.tolist()
 
 
 def _check_finite(kind: str, loss: float, iteration: int, run_dir: Path, bar) -> None:
@@ -235,10 +269,10 @@ def _duration(seconds: float) -> str:
     return f"{h}:{rest // 60:02d}:{rest % 60:02d}"
 
 
-def _save(run_dir, cfg, model, optimizer, scheduler, history, classes, preprocessing) -> None:
+def _save(run_dir, cfg, model, optimizer, scheduler, history, classes, preprocessing, world) -> None:
     iteration = history[-1]["iteration"]
     state = {
-        "format": checkpoint.FORMAT, "iteration": iteration, "config": cfg.to_dict(),
+        "format": checkpoint.FORMAT, "iteration": iteration, "config": cfg.to_dict(), "world_size": world,
         "model_config": model.config.to_dict(), "model": model.state_dict(), "classes": list(classes),
         "preprocessing": preprocessing, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
         "rng": torch.get_rng_state(), "history": history,
@@ -250,7 +284,7 @@ def _save(run_dir, cfg, model, optimizer, scheduler, history, classes, preproces
         old.unlink()
 
 
-def _restore(run_dir, cfg, model, optimizer, scheduler) -> tuple[int, list[dict]]:
+def _restore(run_dir, cfg, model, optimizer, scheduler, world) -> tuple[int, list[dict]]:
     """Load the newest usable checkpoint into the live objects, falling back past damaged or foreign ones."""
     _check_same_config(run_dir, cfg)
     found = checkpoint.checkpoints(run_dir)
@@ -260,14 +294,16 @@ def _restore(run_dir, cfg, model, optimizer, scheduler) -> tuple[int, list[dict]
     problems = []
     for path in reversed(found):
         try:
-            iteration, history = _load_state(path, checkpoint.load(path), cfg, model, optimizer, scheduler)
+            iteration, history = _load_state(path, checkpoint.load(path), cfg, model, optimizer, scheduler,
+                                          world)
             break
         except UserError as e:
             print(f"warning: {e}; trying the previous checkpoint")
             problems.append(str(e))
     else:
         raise UserError(f"no usable checkpoint in {run_dir}; the newest: {problems[0]}")
-    print(f"resuming {run_dir} from iteration {iteration} ({path.name})")
+    if distributed.rank() == 0:
+        print(f"resuming {run_dir} from iteration {iteration} ({path.name})")
     return iteration, history
 
 
@@ -283,7 +319,7 @@ def _check_same_config(run_dir: Path, cfg: Config) -> None:
                         "run's own config.toml, or start a new run with --out")
 
 
-def _load_state(path: Path, state: dict, cfg: Config, model, optimizer, scheduler) -> tuple[int, list[dict]]:
+def _load_state(path: Path, state: dict, cfg: Config, model, optimizer, scheduler, world) -> tuple[int, list[dict]]:
     """A checkpoint's state into the live objects, and its (iteration, history); UserError if it is another
     run's or another network's."""
     if state.get("config") != cfg.to_dict():
@@ -294,6 +330,9 @@ def _load_state(path: Path, state: dict, cfg: Config, model, optimizer, schedule
                         f"{model.config.num_classes}")
     if theirs != model.config.to_dict():
         raise UserError(f"{path} holds another network than the config builds")
+    if state.get("world_size", 1) != world:  # another world size would mean other batches and another lr
+        raise UserError(f"{path} was trained by {state.get('world_size', 1)} processes; resume it with as many "
+                        f"(torchrun --nnodes x --nproc_per_node), not {world}")
     try:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])

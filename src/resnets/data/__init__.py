@@ -3,11 +3,13 @@ from .augment import normalization_stats, normalize, pad_crop_flip
 from .cifar import load_cifar
 from .digits import load_digits
 from .folders import FolderDataset, load_folder, scan_folder
+from .imagenet import ImageNetFolder, lighting
 from .loader import BatchLoader
 from .sources import default_workers, load_eval_set, load_splits, load_train_val
 
 __all__ = [
-    "ArrayDataset", "BatchLoader", "FolderDataset", "default_workers", "load_cifar", "load_digits", "load_eval_set",
-    "load_folder", "load_splits", "load_train_val", "match_classes", "normalization_stats", "normalize",
-    "pad_crop_flip", "scan_folder", "split_validation",
+    "ArrayDataset", "BatchLoader", "FolderDataset", "ImageNetFolder", "default_workers", "lighting", "load_cifar",
+    "load_digits", "load_eval_set", "load_folder", "load_splits", "load_train_val", "match_classes",
+    "normalization_stats",
+    "normalize", "pad_crop_flip", "scan_folder", "split_validation",
 ]

@@ -7,21 +7,24 @@ from ..errors import UserError
 from .arrays import ArrayDataset
 
 
-def pad_crop_flip(images: torch.Tensor, pad: int, flip: bool, generator: torch.Generator) -> torch.Tensor:
+def pad_crop_flip(images: torch.Tensor, pad: int, flip: bool, generator: torch.Generator, first: int = 0,
+                  total: int | None = None) -> torch.Tensor:
     """The paper's CIFAR augmentation for a whole (B, C, H, W) batch at once.
 
     Zero-pads `pad` pixels on each side, takes a random H x W crop per image (offsets uniform in [0, 2*pad])
-    and, if `flip`, mirrors each image left-right with probability 1/2. Draws, in this order, B row offsets,
-    B column offsets, then B flip decisions from `generator`, so a generator state fixes the result.
+    and, if `flip`, mirrors each image left-right with probability 1/2. Draws, in this order, `total` (default B)
+    row offsets, column offsets, then flip decisions from `generator` and uses those from `first` on, so a
+    generator state fixes the result, and B images of a larger batch drawn at once get their own share.
     """
     if pad == 0 and not flip:
         return images
     b, _, h, w = images.shape
+    n, mine = total or b, slice(first, first + b)
     g = generator.device  # draw where the generator lives, then index where the images live
-    rows = torch.randint(0, 2 * pad + 1, (b, 1), generator=generator, device=g) + torch.arange(h, device=g)
-    cols = torch.randint(0, 2 * pad + 1, (b, 1), generator=generator, device=g) + torch.arange(w, device=g)
+    rows = torch.randint(0, 2 * pad + 1, (n, 1), generator=generator, device=g)[mine] + torch.arange(h, device=g)
+    cols = torch.randint(0, 2 * pad + 1, (n, 1), generator=generator, device=g)[mine] + torch.arange(w, device=g)
     if flip:
-        mirror = torch.rand(b, 1, generator=generator, device=g) < 0.5
+        mirror = (torch.rand(n, 1, generator=generator, device=g) < 0.5)[mine]
         cols = torch.where(mirror, cols.flip(1), cols)  # reading columns right to left mirrors the crop
     rows, cols = rows.to(images.device), cols.to(images.device)
     batch = torch.arange(b, device=images.device)[:, None, None]

@@ -9,6 +9,7 @@ from .arrays import match_classes, split_validation
 from .cifar import load_cifar
 from .digits import load_digits
 from .folders import FolderDataset, load_folder
+from .imagenet import ImageNetFolder
 
 DIGITS = "digits"
 MEMORY_LIMIT = 4 << 30  # bytes of decoded uint8 images above which loader="auto" streams a folder
@@ -22,11 +23,15 @@ def _is_cifar(path: Path) -> bool:
 
 
 def default_workers(workers: int) -> int:
-    return workers or min(8, os.cpu_count() or 1)
+    """`workers`, or this process's share of the machine's cores (torchrun starts several per machine), at most 8."""
+    share = (os.cpu_count() or 1) // int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    return workers or max(1, min(8, share))
 
 
 def _folder(path: Path, data):
-    """The folder in memory or streamed, as data.loader says."""
+    """The folder in memory or streamed, as data.loader says; ImageNet-style (any size, cropped) with data.crop."""
+    if data.crop:
+        return ImageNetFolder(path, data.crop, data.resize or data.crop)
     size = data.image_size or None
     if data.loader == "auto":
         streamed = FolderDataset(path, size)
@@ -39,6 +44,8 @@ def _folder(path: Path, data):
 
 def load_splits(path: str, data) -> tuple:
     """(train, test) for a data path; test is None when the path has no separate test/val part."""
+    if data.crop and (path == DIGITS or data.download or (path and _is_cifar(Path(path).expanduser()))):
+        raise UserError("data.crop (ImageNet-style cropping) applies to image folders, not to digits or CIFAR")
     if path == DIGITS:
         return load_digits()
     if not path:

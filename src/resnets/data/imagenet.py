@@ -1,0 +1,191 @@
+"""ImageNet-style folders: images of any size decoded and cropped one by one in DataLoader workers.
+
+Training items are (index, side, u, v, mirror): the paper's augmentation (He et al. 2015, Sec. 3.4) with its
+random numbers drawn by the BatchLoader from (seed, epoch, batch), so workers hold no random state and a resumed
+or N-process run sees the very same crops. Evaluation items are plain indices, turned into the views of a test
+protocol: the centre crop, ten crops, or the whole image at several scales.
+"""
+
+import copy
+import os
+import warnings
+
+import numpy as np
+import torch
+from torchvision.transforms.v2 import functional as TF
+
+from ..errors import UserError
+from .arrays import ArrayDataset
+from .folders import _decode, scan_folder
+
+# Krizhevsky et al. 2012 (Sec. 4.1): PCA of ImageNet's RGB pixel values (in [0, 1]); the constants of
+# fb.resnet.torch's Lighting transform, which the authors' released models were trained with.
+EIGVAL = torch.tensor([0.2175, 0.0188, 0.0045])
+EIGVEC = torch.tensor([[-0.5675, 0.7192, 0.4009], [-0.5808, -0.0045, -0.8140], [-0.5836, -0.6948, 0.4203]])
+PROTOCOLS = ("center", "10crop", "multiscale")
+PAPER_SCALES = (224, 256, 384, 480, 640)  # shorter sides of the paper's multi-scale testing
+
+
+def decode_rgb(path) -> torch.Tensor:
+    """(3, H, W) uint8 RGB of any image file torchvision or PIL reads (grey, CMYK, RGBA, palette, 16-bit)."""
+    image = _decode(path)
+    # torchvision decodes 16-bit PNGs to uint16; scale them to 8 bits as every other image is.
+    return TF.to_dtype(image, torch.uint8, scale=True) if image.dtype != torch.uint8 else image
+
+
+def scale_crop_flip(image: torch.Tensor, crop: int, side: int, u: float, v: float, mirror: bool) -> torch.Tensor:
+    """The paper's training augmentation of one image: shorter side resized to `side`, a crop x crop square at
+    relative position (u, v) in [0, 1) (top, left), mirrored left-right if `mirror`.
+
+    The square is cut from the original and resized (torchvision's resized_crop), which is cheaper than resizing
+    the whole image first; its side in original pixels is rounded to a whole number (a scale error below 0.5%).
+    """
+    h, w = image.shape[-2:]
+    region = max(1, min(h, w, round(crop * min(h, w) / side)))
+    top, left = int(u * (h - region + 1)), int(v * (w - region + 1))
+    out = TF.resized_crop(image, top, left, region, region, [crop, crop], antialias=True)
+    return out.flip(-1) if mirror else out
+
+
+def lighting(x: torch.Tensor, alpha: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    """AlexNet's colour augmentation of a normalised (B, 3, H, W) batch: image b gets EIGVEC @ (alpha[b] * EIGVAL)
+    added to every pixel, with alpha ~ N(0, sigma^2) per image and component (sigma = data.lighting).
+
+    Done on the device after normalisation, where x = (pixel - mean) / std: the shift is divided by std.
+    """
+    shift = (alpha * EIGVAL) @ EIGVEC.T  # (B, 3) in pixel units of [0, 1]
+    return x + (shift.to(x.device) / std.reshape(1, -1).to(x.device))[:, :, None, None]
+
+
+class ImageNetFolder(torch.utils.data.Dataset):
+    """A root/<class>/<image> folder of images of any size, streamed from disk.
+
+    Training crops crop x crop squares (see scale_crop_flip); evaluation resizes the shorter side to `resize` and
+    takes the views of `protocol`: "center" (the centre crop), "10crop" (the four corners and the centre, and
+    their mirror images) or "multiscale" (the whole image with its shorter side at each of `scales`).
+
+    An unreadable file is reported by path (a warning in the main process, once per file, with the running
+    count) and never ends a run: in training the next readable file stands in for it, so batches keep their
+    size; in evaluation it is counted out (label -1).
+    """
+
+    def __init__(self, root, crop: int, resize: int, protocol: str = "center", scales=PAPER_SCALES):
+        self.root = root
+        paths, labels, self.classes = scan_folder(root)
+        # Bytes in one numpy array, not a list of Path objects: workers forked from this process then share the
+        # pages instead of copying them (reading a Python object writes its reference count).
+        self.paths = np.array([os.fsencode(p) for p in paths])
+        self.labels = torch.tensor(labels)
+        self.crop, self.resize, self.protocol, self.scales = crop, resize, protocol, tuple(scales)
+        self.unreadable: set[str] = set()
+        self._loader = None
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        return 3, self.crop, self.crop
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, item) -> tuple:
+        """(image or views, label, unreadable paths met, "\\n"-joined) of an index or a training tuple."""
+        if isinstance(item, tuple):
+            index, *params = item
+            skipped = []
+            for offset in range(len(self)):
+                i = (index + offset) % len(self)
+                path = os.fsdecode(self.paths[i])
+                try:
+                    image = decode_rgb(path)
+                except Exception:  # whatever the reason, this file cannot be trained on: the next one stands in
+                    skipped.append(path)
+                    continue
+                return scale_crop_flip(image, self.crop, *params), int(self.labels[i]), "\n".join(skipped)
+            raise UserError(f"none of the image files under {self.root} could be read")
+        path = os.fsdecode(self.paths[item])
+        try:
+            return self.views(decode_rgb(path)), int(self.labels[item]), ""
+        except Exception:  # counted out; a placeholder keeps the batch's shape
+            return self.views(torch.zeros(3, self.crop, self.crop, dtype=torch.uint8)), -1, path
+
+    def views(self, image: torch.Tensor):
+        """The test protocol's views of one decoded image: a tensor, a stack of ten, or a list (sizes differ)."""
+        if self.protocol == "multiscale":
+            return [TF.resize(image, [s], antialias=True) for s in self.scales]
+        image = TF.resize(image, [self.resize], antialias=True)
+        if self.protocol == "10crop":  # the five crops and their mirror images (ten_crop would mirror the image
+            crops = TF.five_crop(image, [self.crop, self.crop])  # first, moving an odd-margin centre by a pixel)
+            return torch.stack([*crops, *(c.flip(-1) for c in crops)])  # (10, 3, crop, crop)
+        return TF.center_crop(image, [self.crop, self.crop])
+
+    def with_protocol(self, protocol: str, scales=PAPER_SCALES) -> "ImageNetFolder":
+        if protocol not in PROTOCOLS:
+            raise UserError(f"unknown test protocol {protocol!r}; use one of {', '.join(PROTOCOLS)}")
+        part = copy.copy(self)
+        part.protocol, part.scales, part._loader = protocol, tuple(scales), None
+        return part
+
+    def subset(self, index: torch.Tensor) -> "ImageNetFolder":
+        part = copy.copy(self)
+        part.paths, part.labels, part._loader = self.paths[index.numpy()], self.labels[index], None
+        return part
+
+    def load_batches(self, batches: list, workers: int = 0):
+        """(images, labels) for each list of items in `batches`, decoded by `workers` persistent processes.
+
+        One pass at a time per dataset object: a new pass takes over the workers of an unfinished one.
+        """
+        loader = self._dataloader(workers)
+        loader.batch_sampler.batches = [b.tolist() if torch.is_tensor(b) else b for b in batches]
+        for images, labels, unreadable in loader:
+            for paths in filter(None, unreadable):
+                for path in paths.split("\n"):
+                    self._report(path)
+            yield images, labels
+
+    def _dataloader(self, workers: int) -> torch.utils.data.DataLoader:
+        # One DataLoader for the dataset's life: its workers stay up from epoch to epoch (persistent_workers);
+        # each pass hands the sampler the pass's batches. A copy of the dataset (match_classes) makes its own.
+        if self._loader is None or self._loader.dataset is not self or self._loader.num_workers != workers:
+            self._loader = torch.utils.data.DataLoader(
+                self, batch_sampler=_Batches(), num_workers=workers, collate_fn=_collate,
+                pin_memory=torch.cuda.is_available(), persistent_workers=workers > 0)
+        return self._loader
+
+    def _report(self, path: str) -> None:
+        if path not in self.unreadable:
+            self.unreadable.add(path)
+            warnings.warn(f"skipped unreadable image {path} ({len(self.unreadable)} so far in {self.root})",
+                          stacklevel=3)
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_loader": None}  # workers get the dataset, not its loader (spawn pickles it)
+
+    def sample(self, n: int) -> ArrayDataset:
+        """n centre crops spread over the folder, in memory: enough to estimate normalisation statistics."""
+        index = torch.linspace(0, len(self) - 1, min(n, len(self))).long()
+        center = self.with_protocol("center")
+        images, labels = map(torch.cat, zip(*center.load_batches(index.split(256))))
+        self.unreadable |= center.unreadable
+        readable = labels >= 0
+        return ArrayDataset(images[readable], labels[readable], self.classes)
+
+
+class _Batches:
+    """A batch sampler whose batches are set before each pass (so one DataLoader, one set of workers, serves all)."""
+
+    def __init__(self):
+        self.batches = []
+
+    def __iter__(self):
+        return iter(self.batches)
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+
+def _collate(items: list[tuple]) -> tuple:
+    images, labels, unreadable = zip(*items)
+    # Multi-scale views differ in size from image to image: they stay a list (of lists).
+    images = torch.stack(images) if isinstance(images[0], torch.Tensor) else list(images)
+    return images, torch.tensor(labels), list(unreadable)

@@ -1,0 +1,142 @@
+"""torchrun on CPU (gloo): two processes, two "machines" on localhost, resume and evaluation under torchrun.
+
+The commands are docs/IMAGENET.md's with the sizes scaled down (tests/test_imagenet.py's SMALL).
+"""
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from resnets import checkpoint
+from resnets.cli import main
+from resnets.config import load_config
+from resnets.errors import UserError
+from resnets.models import ResNet
+from resnets.train import train
+
+from .ddp_spy import keep_bn_in_eval_mode
+from .fakedata import make_imagenet_folder
+from .test_imagenet import SMALL, one_thread  # noqa: F401 (a fixture, used by every test here)
+
+TORCHRUN = [sys.executable, "-m", "torch.distributed.run"]
+# torchrun gives each process one thread when it starts several on a machine; one process per "machine" too, so
+# that every launch sums in the same order (and two threads per process do not fight over 2 cores).
+ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
+SPY = Path(__file__).with_name("ddp_spy.py")
+# 2 epochs of the 19-file tiny ImageNet, evaluated after each: 2 x 4 steps of 4 images (2 processes x 2, or 1 x 4).
+RECIPE = ["--recipe", "imagenet/resnet18", *SMALL, "schedule.iterations=2", "data.workers=1"]
+
+
+@pytest.fixture(scope="module")
+def imagenet(tmp_path_factory):
+    return make_imagenet_folder(tmp_path_factory.mktemp("imagenet"))
+
+
+def run(command: list, timeout: int = 300) -> str:
+    done = subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=ENV, check=False)
+    assert done.returncode == 0, f"{' '.join(map(str, command))} failed:\n{done.stdout}\n{done.stderr[-5000:]}"
+    return done.stdout
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        return s.getsockname()[1]
+
+
+def weights(path) -> dict:
+    return checkpoint.load(path)["model"]
+
+
+def test_two_processes_train_like_one_with_twice_the_batch(imagenet, tmp_path, monkeypatch):
+    """Same steps: identical weights on both ranks, and (BN in eval mode) the weights of 1 process x batch 4."""
+    two, one, dump = tmp_path / "two", tmp_path / "one", tmp_path / "dump"
+    # Batch 2 per process at lr 0.005 is 2 x 2 images at lr 2 x 0.005: the one-process run's batch 4 at lr 0.01.
+    run([*TORCHRUN, "--standalone", "--nproc_per_node=2", SPY, dump, "--bn-eval", "--", "train", *RECIPE,
+         f"data.path={imagenet}", "optim.batch_size=2", "optim.lr=0.005", "schedule.warmup_iterations=0",
+         "--out", two])
+    for n in (1, 2):  # the model each rank evaluated after epochs 1 and 2
+        rank0, rank1 = torch.load(dump / f"rank0-{n}.pt"), torch.load(dump / f"rank1-{n}.pt")
+        assert all(torch.equal(rank0[k], rank1[k]) for k in rank0)
+
+    monkeypatch.setattr(ResNet, "train", keep_bn_in_eval_mode)
+    cfg = load_config(RECIPE[1], [*RECIPE[2:], f"data.path={imagenet}", "optim.batch_size=4", "optim.lr=0.01",
+                                  "schedule.warmup_iterations=0"])
+    with pytest.warns(UserWarning, match="corrupt"):
+        train(cfg, one)
+    a, b = weights(two), weights(one)
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-5, msg=k)
+    history = [checkpoint.load(r)["history"] for r in (two, one)]
+    for key in ("iteration", "lr", "val_top1_error", "val_top5_error"):
+        assert [m[key] for m in history[0]] == pytest.approx([m[key] for m in history[1]])
+    assert [m["train_loss"] for m in history[0]] == pytest.approx([m["train_loss"] for m in history[1]], rel=1e-4)
+
+
+@pytest.fixture(scope="module")
+def two_machines(imagenet, tmp_path_factory):
+    """A run trained by two torchrun launches with --nnodes=2 (one process each), meeting at a c10d endpoint."""
+    out = tmp_path_factory.mktemp("nodes") / "run"
+    endpoint = f"localhost:{free_port()}"
+    logs = [out.with_name(f"node{node}.log") for node in (0, 1)]
+    launches = [subprocess.Popen(
+        [*TORCHRUN, "--nnodes=2", "--nproc_per_node=1", f"--node_rank={node}", "--rdzv-backend=c10d",
+         f"--rdzv-endpoint={endpoint}", "--rdzv-id=tiny", "-m", "resnets", "train", *RECIPE,
+         f"data.path={imagenet}", "optim.batch_size=2", "--out", str(out)],
+        stdout=log.open("w"), stderr=subprocess.STDOUT, env=ENV) for node, log in zip((0, 1), logs)]
+    try:
+        for launch in launches:
+            launch.wait(timeout=300)
+    finally:
+        for launch in launches:
+            launch.kill()
+    outputs = [log.read_text() for log in logs]
+    for launch, output in zip(launches, outputs):
+        assert launch.returncode == 0, output[-5000:]
+    return out, "".join(outputs)
+
+
+@pytest.mark.filterwarnings("ignore:skipped unreadable image")
+def test_two_machines_train_together_and_resume_under_torchrun(two_machines, imagenet, tmp_path):
+    out, stdout = two_machines
+    # One run, written once: by rank 0 only.
+    assert stdout.count("training resnet18") == 1 and stdout.count("iter      8/8") == 1
+    assert [json.loads(line)["iteration"] for line in (out / "metrics.jsonl").read_text().splitlines()] == [4, 8]
+    assert sorted(p.name for p in out.iterdir()) == ["config.toml", "curves.png", "iter-0000004.pt",
+                                                     "iter-0000008.pt", "metrics.jsonl"]
+    with pytest.raises(UserError, match="trained by 2 processes"):
+        train(load_config(out / "config.toml"), out, resume=True)
+
+    # Resume on one machine with two processes, after losing the last checkpoint: the same final weights.
+    resumed = tmp_path / "resumed"
+    shutil.copytree(out, resumed)
+    (resumed / "iter-0000008.pt").unlink()
+    stdout = run([*TORCHRUN, "--standalone", "--nproc_per_node=2", "-m", "resnets", "train", "--resume", resumed])
+    assert "resuming" in stdout and stdout.count("iter      8/8") == 1
+    a, b = weights(out), weights(resumed)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_distributed_evaluation_counts_every_image_once(two_machines, imagenet, capsys):
+    """13 validation files (one unreadable) on 2 processes: the numbers of one process, under every protocol."""
+    out, _ = two_machines
+    command = ["eval", str(out), "--data", str(imagenet / "val"), "--protocol", "center,10crop,multiscale",
+               "--scales", "32,48", "--json"]
+    stdout = run([*TORCHRUN, "--standalone", "--nproc_per_node=2", "-m", "resnets", *command])
+    two = [json.loads(line) for line in stdout.splitlines()]
+    capsys.readouterr()
+    with pytest.warns(UserWarning, match="corrupt"):
+        assert main(command) == 0
+    one = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [r["images"] for r in two] == [12, 12, 12]
+    for a, b in zip(two, one):
+        assert (a["protocol"], a["images"], a["top1_error"], a["top5_error"]) == (
+            b["protocol"], b["images"], b["top1_error"], b["top5_error"])
+        assert a["loss"] == pytest.approx(b["loss"], rel=1e-5)
