@@ -63,7 +63,7 @@ def cmd_train(args) -> None:
 def cmd_eval(args) -> None:
     from . import checkpoint, distributed
     from .config import DataSection
-    from .data import ImageNetFolder, default_workers, load_eval_set
+    from .data import default_workers, load_eval_set
     from .evaluate import evaluate, match_classes
     from .train import pick_device, use_bf16
 
@@ -71,7 +71,10 @@ def cmd_eval(args) -> None:
     ckpt = checkpoint.load(args.checkpoint)
     model = checkpoint.build_model(ckpt)
     pre = ckpt["preprocessing"]
+    pre = {**pre, "resize": pre.get("resize", pre["input_size"])}  # older checkpoints: trained at input_size
     folder = Path(args.data).is_dir()
+    if protocols != ["center"] and not folder:
+        raise UserError(f"--protocol {args.protocol} needs an image folder; {args.data} is not one")
     # Images of any size, resized then cropped as the protocol says, when the network was trained so (resize >
     # input_size) or another protocol than the centre crop is asked for; else the fixed-size folder path.
     views = folder and (pre["resize"] != pre["input_size"] or protocols != ["center"])
@@ -81,8 +84,6 @@ def cmd_eval(args) -> None:
     if ds.image_shape != (pre["in_channels"], pre["input_size"], pre["input_size"]):
         raise UserError(f"{args.data} holds {ds.image_shape} images but the model takes "
                         f"{(pre['in_channels'], pre['input_size'], pre['input_size'])}")
-    if protocols != ["center"] and not isinstance(ds, ImageNetFolder):
-        raise UserError(f"--protocol {args.protocol} needs an image folder; {args.data} is not one")
     ds = match_classes(ds, ckpt["classes"])
     device = distributed.setup(pick_device(args.device))  # under torchrun each process scores its share
     bf16 = use_bf16(args.precision, device)
