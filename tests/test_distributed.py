@@ -31,7 +31,7 @@ TORCHRUN = [sys.executable, "-m", "torch.distributed.run"]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 SPY = Path(__file__).with_name("ddp_spy.py")
 # 2 epochs of the 19-file tiny ImageNet, evaluated after each: 2 x 4 steps of 4 images (2 processes x 2, or 1 x 4).
-RECIPE = ["--recipe", "imagenet/resnet18", *SMALL, "schedule.iterations=2", "data.workers=1"]
+RECIPE, TINY = "imagenet/resnet18", [*SMALL, "schedule.iterations=2", "data.workers=1"]
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +39,7 @@ def imagenet(tmp_path_factory):
     return make_imagenet_folder(tmp_path_factory.mktemp("imagenet"))
 
 
-def run(command: list, timeout: int = 300) -> str:
+def run(command: list, timeout: int = 600) -> str:
     done = subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=ENV, check=False)
     assert done.returncode == 0, f"{' '.join(map(str, command))} failed:\n{done.stdout}\n{done.stderr[-5000:]}"
     return done.stdout
@@ -59,16 +59,16 @@ def test_two_processes_train_like_one_with_twice_the_batch(imagenet, tmp_path, m
     """Same steps: identical weights on both ranks, and (BN in eval mode) the weights of 1 process x batch 4."""
     two, one, dump = tmp_path / "two", tmp_path / "one", tmp_path / "dump"
     # Batch 2 per process at lr 0.005 is 2 x 2 images at lr 2 x 0.005: the one-process run's batch 4 at lr 0.01.
-    run([*TORCHRUN, "--standalone", "--nproc_per_node=2", SPY, dump, "--bn-eval", "--", "train", *RECIPE,
-         f"data.path={imagenet}", "optim.batch_size=2", "optim.lr=0.005", "schedule.warmup_iterations=0",
+    run([*TORCHRUN, "--standalone", "--nproc_per_node=2", SPY, dump, "--bn-eval", "--", "train", "--recipe", RECIPE,
+         *TINY, f"data.path={imagenet}", "optim.batch_size=2", "optim.lr=0.005", "schedule.warmup_iterations=0",
          "--out", two])
     for n in (1, 2):  # the model each rank evaluated after epochs 1 and 2
         rank0, rank1 = torch.load(dump / f"rank0-{n}.pt"), torch.load(dump / f"rank1-{n}.pt")
         assert all(torch.equal(rank0[k], rank1[k]) for k in rank0)
 
     monkeypatch.setattr(ResNet, "train", keep_bn_in_eval_mode)
-    cfg = load_config(RECIPE[1], [*RECIPE[2:], f"data.path={imagenet}", "optim.batch_size=4", "optim.lr=0.01",
-                                  "schedule.warmup_iterations=0"])
+    cfg = load_config(RECIPE, [*TINY, f"data.path={imagenet}", "optim.batch_size=4", "optim.lr=0.01",
+                               "schedule.warmup_iterations=0"])
     with pytest.warns(UserWarning, match="corrupt"):
         train(cfg, one)
     a, b = weights(two), weights(one)
@@ -88,12 +88,12 @@ def two_machines(imagenet, tmp_path_factory):
     logs = [out.with_name(f"node{node}.log") for node in (0, 1)]
     launches = [subprocess.Popen(
         [*TORCHRUN, "--nnodes=2", "--nproc_per_node=1", f"--node_rank={node}", "--rdzv-backend=c10d",
-         f"--rdzv-endpoint={endpoint}", "--rdzv-id=tiny", "-m", "resnets", "train", *RECIPE,
+         f"--rdzv-endpoint={endpoint}", "--rdzv-id=tiny", "-m", "resnets", "train", "--recipe", RECIPE, *TINY,
          f"data.path={imagenet}", "optim.batch_size=2", "--out", str(out)],
         stdout=log.open("w"), stderr=subprocess.STDOUT, env=ENV) for node, log in zip((0, 1), logs)]
     try:
         for launch in launches:
-            launch.wait(timeout=300)
+            launch.wait(timeout=600)
     finally:
         for launch in launches:
             launch.kill()

@@ -170,9 +170,12 @@ def test_processes_share_each_batch_and_evaluation_shares_cover_every_image_once
 def test_imagenet_recipe_trains_on_a_tiny_folder(imagenet, tmp_path, capsys):
     """docs/IMAGENET.md's one-process command, sizes scaled down; then its evaluation commands."""
     run = tmp_path / "r18"
-    with pytest.warns(UserWarning, match=r"skipped unreadable image .*train/n00000000/corrupt\.JPEG \(1 so far"):
+    with pytest.warns(UserWarning, match="skipped unreadable image") as warned:
         assert main(["train", "--recipe", "imagenet/resnet18", f"data.path={imagenet}", *SMALL, "optim.batch_size=4",
                      "optim.lr=0.01", "schedule.iterations=2", "data.workers=2", "--out", str(run)]) == 0
+    messages = sorted(str(w.message) for w in warned if "unreadable" in str(w.message))  # once per file, counted
+    assert len(messages) == 2 and all("n00000000/corrupt.JPEG (1 so far" in m for m in messages)
+    assert "/train/n00000000/" in messages[0] and "/val/n00000000/" in messages[1]
     lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     # 19 training files (one corrupt, stood in for) / batch 4 = 4 iterations per epoch; evaluated every epoch.
     assert [m["iteration"] for m in lines] == [4, 8] and [m["epoch"] for m in lines] == [1, 2]
@@ -189,6 +192,7 @@ def test_imagenet_recipe_trains_on_a_tiny_folder(imagenet, tmp_path, capsys):
     assert all(r["images"] == 12 for r in results)  # 13 files, the corrupt one counted out
     assert results[0]["top1_error"] == pytest.approx(lines[-1]["val_top1_error"])
     assert main(["eval", str(run), "--data", "digits", "--protocol", "10crop"]) == 2
+    assert "needs an image folder" in capsys.readouterr().err
 
 
 def test_ten_crop_and_multiscale_equal_a_computation_by_hand(imagenet):

@@ -122,7 +122,7 @@ def _ints(text: str) -> list[int]:
 def cmd_eval(args) -> None:
     from . import distributed
     from .config import DataSection
-    from .data import ImageNetFolder, default_workers, load_eval_set, match_classes
+    from .data import default_workers, load_eval_set, match_classes
     from .evaluate import evaluate
     from .export import load_model
     from .train import pick_device, use_bf16
@@ -131,7 +131,10 @@ def cmd_eval(args) -> None:
     device = distributed.setup(pick_device(args.device))  # under torchrun each process scores its share
     model, info = load_model(args.checkpoint, device)
     pre = info["preprocessing"]
+    pre = {**pre, "resize": pre.get("resize", pre["input_size"])}  # older checkpoints: trained at input_size
     folder = Path(args.data).is_dir()
+    if protocols != ["center"] and not folder:
+        raise UserError(f"--protocol {args.protocol} needs an image folder; {args.data} is not one")
     # Images of any size, resized then cropped as the protocol says, when the network was trained so (resize >
     # input_size) or another protocol than the centre crop is asked for; else the fixed-size folder path.
     views = folder and (pre["resize"] != pre["input_size"] or protocols != ["center"])
@@ -141,8 +144,6 @@ def cmd_eval(args) -> None:
     if ds.image_shape != (pre["in_channels"], pre["input_size"], pre["input_size"]):
         raise UserError(f"{args.data} holds {ds.image_shape} images but the model takes "
                         f"{(pre['in_channels'], pre['input_size'], pre['input_size'])}")
-    if protocols != ["center"] and not isinstance(ds, ImageNetFolder):
-        raise UserError(f"--protocol {args.protocol} needs an image folder; {args.data} is not one")
     ds = match_classes(ds, info["classes"])
     bf16 = use_bf16(args.precision, device)
     model = model.to(memory_format=torch.channels_last)

@@ -122,12 +122,12 @@ class ImageNetFolder(torch.utils.data.Dataset):
         if protocol not in PROTOCOLS:
             raise UserError(f"unknown test protocol {protocol!r}; use one of {', '.join(PROTOCOLS)}")
         part = copy.copy(self)
-        part.protocol, part.scales, part._loader = protocol, tuple(scales), None
+        part.protocol, part.scales = protocol, tuple(scales)
         return part
 
     def subset(self, index: torch.Tensor) -> "ImageNetFolder":
         part = copy.copy(self)
-        part.paths, part.labels, part._loader = self.paths[index.numpy()], self.labels[index], None
+        part.paths, part.labels = self.paths[index.numpy()], self.labels[index]
         return part
 
     def load_batches(self, batches: list, workers: int = 0):
@@ -145,10 +145,12 @@ class ImageNetFolder(torch.utils.data.Dataset):
 
     def _dataloader(self, workers: int) -> torch.utils.data.DataLoader:
         # One DataLoader for the dataset's life: its workers stay up from epoch to epoch (persistent_workers);
-        # each pass hands the sampler the pass's batches. A copy of the dataset (match_classes) makes its own.
-        if self._loader is None or self._loader.dataset is not self or self._loader.num_workers != workers:
+        # each pass hands the sampler the pass's batches. It reads a copy of the dataset, which has no loader: a
+        # dataset <-> loader reference cycle would leave stopping the workers to the garbage collector, which may
+        # run it inside a freshly forked worker; without one they stop as soon as the dataset is dropped.
+        if self._loader is None or self._loader.num_workers != workers:
             self._loader = torch.utils.data.DataLoader(
-                self, batch_sampler=_Batches(), num_workers=workers, collate_fn=_collate,
+                copy.copy(self), batch_sampler=_Batches(), num_workers=workers, collate_fn=_collate,
                 pin_memory=torch.cuda.is_available(), persistent_workers=workers > 0)
         return self._loader
 
@@ -159,7 +161,7 @@ class ImageNetFolder(torch.utils.data.Dataset):
                           stacklevel=3)
 
     def __getstate__(self) -> dict:
-        return {**self.__dict__, "_loader": None}  # workers get the dataset, not its loader (spawn pickles it)
+        return {**self.__dict__, "_loader": None}  # copies (copy.copy) and spawned workers get no loader
 
     def sample(self, n: int) -> ArrayDataset:
         """n centre crops spread over the folder, in memory: enough to estimate normalisation statistics."""
