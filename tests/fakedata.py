@@ -11,6 +11,16 @@ from PIL import Image
 CIFAR10_NAMES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 
 
+class Payload:
+    """Unpickling this creates a file: what a malicious checkpoint would do with os.system instead."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return open, (str(self.marker), "w")
+
+
 class _Py2Pickler(pickle._Pickler):
     """Pickles as Python 2's cPickle did for the official CIFAR batches: protocol 2, every string a BINSTRING.
 

@@ -23,7 +23,9 @@ from resnets.train import train
 
 from .ddp_spy import keep_bn_in_eval_mode
 from .fakedata import make_imagenet_folder
-from .test_imagenet import SMALL, one_thread  # noqa: F401 (a fixture, used by every test here)
+from .test_imagenet import SMALL
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
 
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run"]
 # torchrun gives each process one thread when it starts several on a machine; one process per "machine" too, so

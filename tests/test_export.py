@@ -10,6 +10,7 @@ from resnets import UserError, checkpoint, load_model
 from resnets.cli import main
 from resnets.export import TOLERANCE, export
 
+from .fakedata import Payload
 from .test_predict import train_briefly
 
 
@@ -104,16 +105,6 @@ def test_bad_exports_are_one_line_exit_2(run, tmp_path, capsys, monkeypatch, arg
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1
     assert list(tmp_path.iterdir()) == []
-
-
-class Payload:
-    """Unpickling this creates a file: what a malicious checkpoint would do with os.system instead."""
-
-    def __init__(self, marker):
-        self.marker = marker
-
-    def __reduce__(self):
-        return open, (str(self.marker), "w")
 
 
 def test_a_malicious_pickle_is_refused_not_run(run, tmp_path, capsys):

@@ -26,14 +26,7 @@ IMAGENET = ["plain18", "plain34", "resnet18", "resnet34", "resnet50", "resnet101
 SMALL = ["data.crop=32", "data.scale=[36,64]", "data.resize=36", "run.precision=fp32"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One intra-op thread: torchrun gives each process one, and on a busy 2-core machine two threads per process
-    spin against each other (measured here: ResNet-18 steps 40x slower)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py: measured here, ResNet-18 steps 40x faster
 
 
 @pytest.fixture(scope="module")

@@ -16,6 +16,7 @@ from resnets.evaluate import evaluate
 from resnets.predict import fit, predict, read_image
 from resnets.train import train
 
+from .conftest import torch_threads
 from .fakedata import make_image_folder
 from .test_train import tiny
 
@@ -23,15 +24,10 @@ from .test_train import tiny
 def train_briefly(run):
     """ResNet-20 on the 8x8 digits for 8 iterations: 1 input channel, per-pixel mean; about a second.
 
-    On one thread: with torch's default two, measured on a 2-core machine busy with other processes, the
-    threads wait on each other and the same run took 32 s instead of 0.8 s.
+    On one thread (conftest.torch_threads says why).
     """
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with torch_threads(1):
         train(tiny(**{"schedule.iterations": 8, "run.eval_every": 8, "schedule.milestones": [4]}), run)
-    finally:
-        torch.set_num_threads(threads)
     return run
 
 

@@ -35,6 +35,9 @@ from resnets.errors import UserError
 from resnets.predict import read_image
 from resnets.train import train
 
+from .conftest import torch_threads
+from .fakedata import Payload
+
 # A 3-block ResNet on the 8x8 digits in fp32 on one thread: fast, and bit-exact from run to run on a CPU.
 NET = {"model.depths": [1, 1, 1], "model.widths": [4, 8, 8], "optim.batch_size": 32, "run.precision": "fp32",
        "run.device": "cpu", "schedule.milestones": [20]}
@@ -58,25 +61,15 @@ def tiny_args(**overrides) -> list[str]:
 RUN = cli_args({**NET, "schedule.iterations": 40, "run.eval_every": 2})
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """As the child processes run: one thread is also much faster on a busy 2-core machine (see test_predict)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # as the child processes run (conftest.py)
 
 
 @pytest.fixture(scope="module")
 def tiny_reference(tmp_path_factory):
     """The weights after an uninterrupted tiny() run: what every run that was disturbed must end with."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        run = tmp_path_factory.mktemp("tiny") / "run"
+    run = tmp_path_factory.mktemp("tiny") / "run"
+    with torch_threads(1):
         train(tiny(), run)
-    finally:
-        torch.set_num_threads(threads)
     return checkpoint.load(run)
 
 
@@ -484,16 +477,6 @@ def test_16_bit_images_are_scaled_as_predict_scales_them(tmp_path):
 
 
 # ----------------------------------------------------------------------------------- 6. untrusted files
-
-
-class Payload:
-    """Unpickling this creates a file: what a malicious checkpoint would do with os.system instead."""
-
-    def __init__(self, marker):
-        self.marker = marker
-
-    def __reduce__(self):
-        return open, (str(self.marker), "w")
 
 
 def test_a_malicious_checkpoint_runs_nothing(tiny_reference, tmp_path, capsys):
