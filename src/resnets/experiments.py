@@ -7,11 +7,8 @@ stopped; then the runs' metrics become a table (markdown + JSON) and a picture.
 
 import json
 import statistics
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
-
-import tomli_w
 
 from . import checkpoint
 from .config import Config, load_config
@@ -85,14 +82,10 @@ def _state(run_dir: Path, cfg: Config) -> str:
     found = checkpoint.checkpoints(run_dir) if run_dir.is_dir() else []
     if not config_file.is_file() or not found:
         return "new"
-    if tomllib.loads(config_file.read_text()) != _toml_roundtrip(cfg):
+    if load_config(config_file).to_dict() != cfg.to_dict():
         raise UserError(f"{run_dir} holds a run with a different config; delete it or choose another --out")
     done = int(checkpoint.NAME.fullmatch(found[-1].name).group(1)) >= cfg.schedule.iterations
     return "finished" if done else "interrupted"
-
-
-def _toml_roundtrip(cfg: Config) -> dict:
-    return tomllib.loads(tomli_w.dumps(cfg.to_dict()))
 
 
 def summarize(runs: list[Run]) -> list[dict]:
