@@ -121,13 +121,13 @@ def test_int8_matches_fp32_on_trained_digits(digits, reference):
     assert abs(accuracy(out) - accuracy(reference)) <= 0.02
 
 
-def test_int8_keeps_the_stem_and_classifier_in_fp32():
+def test_int8_keeps_the_classifier_in_fp32():
     pytest.importorskip("torchao", reason="int8 needs the optional torchao dependency: pip install 'resnets[int8]'")
     model = create_model("resnet20", num_classes=10, in_channels=1).eval()
     graph = quantize_int8(model, [torch.randn(8, 1, 8, 8)])
     dequantize_weight = torch.ops.quantized_decomposed.dequantize_per_channel.default
     quantized_weights = [n for n in graph.graph.nodes if n.target == dequantize_weight]
-    assert len(quantized_weights) == 18  # the 18 convolutions of the blocks; not conv1, not fc
+    assert len(quantized_weights) == 19  # the stem and the 18 convolutions of the blocks; not fc
 
 
 def test_prepare_rejects_bad_requests():

@@ -169,7 +169,7 @@ def cmd_predict(args) -> int:
     model, info = load_model(args.checkpoint, pick_device(args.device))
     files = image_files(args.inputs)
     failed = 0
-    for result in predict(model, info, files, args.top_k, args.batch_size, args.max_pixels or MAX_PIXELS):
+    for result in predict(model, info, files, args.top_k, args.batch_size, args.max_pixels or MAX_PIXELS, args.mode):
         if "error" in result:
             failed += 1
             print(f"resnets predict: error: {result['path']}: {result['error']}", file=sys.stderr)
@@ -264,6 +264,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--max-pixels", type=int, metavar="N",
                    help="refuse images of more pixels as possible decompression bombs (default 50 million)")
+    p.add_argument("--mode", default="fp32", choices=("fp32", "folded", "bf16", "compiled"),
+                   help="how the network runs (docs/INFERENCE.md): fp32 (default), BN folded, bf16, or bf16 "
+                        "compiled (fastest for many images; compiles first, tens of seconds)")
     p.add_argument("--device", default="auto")
     p.set_defaults(func=cmd_predict)
 

@@ -18,6 +18,7 @@ from torchvision.transforms.v2 import functional as TF
 from .data import normalize
 from .data.folders import IMAGE_EXTENSIONS, to_mode
 from .errors import UserError
+from .inference import prepare
 
 # Images with more pixels are refused as possible decompression bombs (a 100-byte PNG can claim 10^10 pixels,
 # 10 GB once decoded). 50 MP admits photos of all but medium-format cameras; Pillow's own default is 89 MP.
@@ -90,17 +91,20 @@ def fit(image: torch.Tensor, resize: int, size: int) -> torch.Tensor:
 
 
 def predict(model, info: dict, paths: list[Path], top_k: int = 5, batch_size: int = 64,
-            max_pixels: int = MAX_PIXELS) -> Iterator[dict]:
+            max_pixels: int = MAX_PIXELS, mode: str = "fp32") -> Iterator[dict]:
     """For each path, in order: {"path", "top": [{"class", "probability"}, ...] best first} or {"path", "error"}.
 
     `model` and `info` as `resnets.load_model` returns them; files are decoded and classified `batch_size`
-    at a time, in fp32 on the model's device.
+    at a time on the model's device, run as `resnets.inference.prepare(model, mode)` runs them (int8 needs
+    calibration images, so it is not offered here).
     """
     if top_k < 1 or batch_size < 1:
         raise UserError(f"top-k and batch size must be at least 1, not {top_k} and {batch_size}")
+    if mode == "int8":
+        raise UserError("int8 needs calibration images: use resnets.inference.prepare(model, 'int8', calibration)")
     pre, classes = info["preprocessing"], info["classes"]
     device = next(model.parameters()).device
-    model.eval()
+    run = prepare(model, mode)
     for start in range(0, len(paths), batch_size):
         results, images = [], []
         for path in paths[start: start + batch_size]:
@@ -111,8 +115,10 @@ def predict(model, info: dict, paths: list[Path], top_k: int = 5, batch_size: in
                 results[-1]["error"] = str(e)
         if images:
             x = normalize(torch.stack(images).to(device), pre["mean"], pre["std"])  # (B, C, S, S) float32
-            with torch.no_grad():
-                top = model(x).float().softmax(1).topk(min(top_k, len(classes)), 1)
+            n = len(x)
+            if mode == "compiled" and n < batch_size:  # one input shape, one compilation: pad the last batch
+                x = torch.cat([x, x[:1].expand(batch_size - n, *x.shape[1:])])
+            top = run(x)[:n].softmax(1).topk(min(top_k, len(classes)), 1)
             found = iter(zip(top.values.tolist(), top.indices.tolist()))
             for result in results:
                 if "error" not in result:
