@@ -317,7 +317,7 @@ def main() -> None:
              (f"images/s: all images over all time in {args.rounds} rounds in which each predictor runs {r['calls']} call(s) "
               "in turn (at least two; 32 images where the batch allows); warm-up (compilation included) "
               "excluded and shown apart. 'CPU taken by others': share of the machine's CPU time used by other "
-              "processes while the cell was timed."), *notes,
+              "processes, or stolen by the hypervisor, while the cell was timed."), *notes,
              f"Machine: {machine()}.", f"Wall time: {time.perf_counter() - wall:.0f} s.", ""]
     say("\n".join(lines))
     out = {}
