@@ -15,9 +15,9 @@ the classifier; nothing):
 import argparse
 from statistics import harmonic_mean
 
+import infer_speed as bench
 import torch
 
-import infer_speed as bench
 from resnets.data import normalize
 from resnets.inference import Predictor, prepare, quantize_int8
 
