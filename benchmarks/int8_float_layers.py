@@ -19,15 +19,9 @@ import infer_speed as bench
 import torch
 
 from resnets.data import normalize
-from resnets.inference import Predictor, prepare, quantize_int8
+from resnets.inference import prepare
 
 CHOICES = {"classifier": ("fc",), "stem and classifier": ("conv1", "fc"), "nothing": ()}
-
-
-def int8(model, calibration, keep_float) -> Predictor:
-    """prepare(model, "int8") with another set of fp32 layers."""
-    graph = quantize_int8(model, calibration, keep_float)
-    return Predictor("int8", torch.compile(graph), channels_last=True, bf16=False, compiled=True)
 
 
 def main() -> None:
@@ -50,7 +44,8 @@ def main() -> None:
         with torch.inference_mode():
             return tv(x)
 
-    fns = {bench.BASELINE: baseline} | {name: int8(ours, calibration, keep) for name, keep in CHOICES.items()}
+    fns = {bench.BASELINE: baseline}
+    fns |= {name: prepare(ours, "int8", calibration, keep) for name, keep in CHOICES.items()}
     for name, fn in fns.items():
         bench.say(f"resnet50 {name}: warm-up {bench.warm_up(fn, x):.1f} s")
     bench.measure(fns, x, 1, 2)  # untimed: the first round after compiling runs slow
@@ -65,7 +60,7 @@ def main() -> None:
         sample = torch.randperm(len(train_ds), generator=torch.Generator().manual_seed(seed))[:1024]
         calib = normalize(train_ds.images[sample], mean, std).split(256)
         for name, keep in CHOICES.items():
-            top1 = bench.predict(int8(model, calib, keep), images, 256).argmax(1)
+            top1 = bench.predict(prepare(model, "int8", calib, keep), images, 256).argmax(1)
             agree[name].append((top1 == reference).float().mean().item())
             accuracy[name].append((top1 == labels).float().mean().item())
             bench.say(f"resnet20 {name}, calibration seed {seed}: agreement {agree[name][-1]:.2%}")

@@ -37,12 +37,10 @@ MODES: tuple[str, ...] = ("fp32", "folded", "bf16", "compiled", "int8")
 # are packed for oneDNN once, at compile time, instead of being reordered on every call.
 COMPILE_OPTIONS = {"freezing": True}
 # Layers int8 mode leaves in fp32: the classifier, whose rounding moves the logits directly and which costs
-# next to nothing. The stem convolution is quantized. Kept in fp32, its output (the network's largest
-# activation) stays fp32 through the max-pool, which cost resnet50 a fifth of its int8 speed at batch 16 (one
-# interleaved run on this machine: 97 against 122 images/s), for little agreement. Top-1 agreement with fp32 on
-# 5,000 held-out CIFAR-10 images, over three calibration samples, with only fc / also the stem in fp32: 98.74-
-# 99.10% / 98.92-99.14% for a ResNet-20 trained 2,000 iterations, 99.22-99.32% / 99.28-99.58% for one trained
-# 10,000 iterations (15.5% error).
+# next to nothing. The stem convolution is quantized: kept in fp32, its output (the network's largest
+# activation) stays fp32 through the max-pool, which costs resnet50 about a fifth of its int8 speed for an
+# agreement gain the size of what the choice of calibration images moves (benchmarks/int8_float_layers.py;
+# its table is in docs/INFERENCE.md).
 KEEP_FLOAT = ("fc",)
 
 
@@ -113,8 +111,7 @@ class Predictor:
 
 
 def _bf16_channels_last(model: nn.Module) -> nn.Module:
-    # Weights cast to bf16 once, here, rather than by autocast in every call (eager mode). Compiled, the two ran
-    # at the same speed (resnet50, batch 16, one interleaved run: 54.9 and 54.5 images/s).
+    # Weights cast to bf16 once, here, rather than by autocast in every call of the eager mode.
     return model.to(dtype=torch.bfloat16, memory_format=torch.channels_last)
 
 
@@ -157,10 +154,12 @@ def quantize_int8(model: ResNet, calibration: Iterable[torch.Tensor],
     return converted
 
 
-def prepare(model: ResNet, mode: Mode = "fp32", calibration: Iterable[torch.Tensor] | None = None) -> Predictor:
+def prepare(model: ResNet, mode: Mode = "fp32", calibration: Iterable[torch.Tensor] | None = None,
+            keep_float: Iterable[str] = KEEP_FLOAT) -> Predictor:
     """`model` (left untouched) ready to serve in `mode`; see the module docstring for what each mode does.
 
-    `calibration`: normalised float batches, needed (and only used) by mode "int8".
+    `calibration`: normalised float batches, needed (and only used) by mode "int8"; so is `keep_float`, the
+    modules int8 leaves in fp32.
     """
     if mode not in MODES:
         raise UserError(f"unknown inference mode {mode!r}; use one of {', '.join(MODES)}")
@@ -175,5 +174,5 @@ def prepare(model: ResNet, mode: Mode = "fp32", calibration: Iterable[torch.Tens
         return Predictor(mode, torch.compile(module), channels_last=True, bf16=True, compiled=True)
     if calibration is None:
         raise UserError("mode 'int8' needs calibration batches")
-    module = quantize_int8(model, calibration)
+    module = quantize_int8(model, calibration, keep_float)
     return Predictor(mode, torch.compile(module), channels_last=True, bf16=False, compiled=True)
