@@ -131,7 +131,6 @@ def cmd_eval(args) -> None:
     device = distributed.setup(pick_device(args.device))  # under torchrun each process scores its share
     model, info = load_model(args.checkpoint, device)
     pre = info["preprocessing"]
-    pre = {**pre, "resize": pre.get("resize", pre["input_size"])}  # older checkpoints: trained at input_size
     folder = Path(args.data).is_dir()
     if protocols != ["center"] and not folder:
         raise UserError(f"--protocol {args.protocol} needs an image folder; {args.data} is not one")

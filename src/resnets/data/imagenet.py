@@ -28,9 +28,7 @@ PAPER_SCALES = (224, 256, 384, 480, 640)  # shorter sides of the paper's multi-s
 
 def decode_rgb(path) -> torch.Tensor:
     """(3, H, W) uint8 RGB of any image file torchvision or PIL reads (grey, CMYK, RGBA, palette, 16-bit)."""
-    image = _decode(path)
-    # torchvision decodes 16-bit PNGs to uint16; scale them to 8 bits as every other image is.
-    return TF.to_dtype(image, torch.uint8, scale=True) if image.dtype != torch.uint8 else image
+    return _decode(path)
 
 
 def scale_crop_flip(image: torch.Tensor, crop: int, side: int, u: float, v: float, mirror: bool) -> torch.Tensor:
@@ -168,7 +166,6 @@ class ImageNetFolder(torch.utils.data.Dataset):
         index = torch.linspace(0, len(self) - 1, min(n, len(self))).long()
         center = self.with_protocol("center")
         images, labels = map(torch.cat, zip(*center.load_batches(index.split(256))))
-        self.unreadable |= center.unreadable
         readable = labels >= 0
         return ArrayDataset(images[readable], labels[readable], self.classes)
 

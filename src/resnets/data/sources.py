@@ -4,6 +4,7 @@ import os
 import warnings
 from pathlib import Path
 
+from ..distributed import local_world_size
 from ..errors import UserError
 from .arrays import match_classes, split_validation
 from .cifar import load_cifar
@@ -24,7 +25,7 @@ def _is_cifar(path: Path) -> bool:
 
 def default_workers(workers: int) -> int:
     """`workers`, or this process's share of the machine's cores (torchrun starts several per machine), at most 8."""
-    share = (os.cpu_count() or 1) // int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    share = (os.cpu_count() or 1) // local_world_size()
     return workers or max(1, min(8, share))
 
 
