@@ -104,3 +104,27 @@ def test_responses_and_report_from_experiment_runs(degradation, tmp_path, capsys
     resnet20 = last_metrics(degradation / "resnet20-seed0")
     assert f"| resnet20 | 4 of 4 | test split | {100 * resnet20['val_top1_error']:.2f} | 8.75 |" in report
     assert main(["report", str(tmp_path / "missing")]) == 2
+
+
+def test_an_epoch_schedule_is_finished_after_its_epochs_not_its_count_of_steps(tmp_path):
+    """ImageNet recipes count epochs: a run of 2 epochs cut after the first is interrupted, though its step count
+    (a dozen steps an epoch on the 1437 digits) is far above 2; the report counts the run's length in steps."""
+    from resnets.experiments import _state
+    from resnets.report import run_row
+    from resnets.train import train
+
+    from .test_train import tiny
+
+    cfg = tiny(**{"schedule.unit": "epoch", "schedule.iterations": 2, "schedule.milestones": [1],
+                  "run.eval_every": 1})
+    run = tmp_path / "run"
+    train(cfg, run)
+    assert _state(run, cfg) == "finished"
+    finished = run_row(run)
+    assert finished["iterations"] == finished["scheduled_iterations"] == last_metrics(run)["iteration"]
+    checkpoint.checkpoints(run)[-1].unlink()  # cut after the first epoch: its checkpoint and log line remain
+    lines = (run / "metrics.jsonl").read_text().splitlines()
+    (run / "metrics.jsonl").write_text("\n".join(lines[:-1]) + "\n")
+    assert _state(run, cfg) == "interrupted"
+    row = run_row(run)
+    assert row["iterations"] < row["scheduled_iterations"] == 2 * row["iterations"]

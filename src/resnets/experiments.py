@@ -14,6 +14,7 @@ from . import checkpoint
 from .config import Config, load_config
 from .errors import UserError
 from .plots import plot_comparison
+from .schedule import scheduled_steps
 
 # Named schedules. "paper" keeps the recipe's own (CIFAR-10: 64k iterations, lr / 10 at 32k and 48k).
 # "cpu" is the same shape shrunk 32x to fit a 2-core machine: 2,000 iterations (5.7 epochs of 45k images),
@@ -23,8 +24,9 @@ from .plots import plot_comparison
 # warm-up only for ResNet-110, and had 64k iterations to recover in).
 SCHEDULES = {
     "paper": {},
-    "cpu": {"schedule.iterations": 2000, "schedule.milestones": [1000, 1500], "schedule.warmup_iterations": 200,
-            "schedule.warmup": "linear", "run.eval_every": 250},
+    "cpu": {"schedule.unit": "iteration", "schedule.kind": "step", "schedule.iterations": 2000,
+            "schedule.milestones": [1000, 1500], "schedule.warmup_iterations": 200, "schedule.warmup": "linear",
+            "schedule.warmup_factor": 0.1, "run.eval_every": 250},
 }
 DEFAULT_DEPTHS = {"cifar10": [20, 32, 44, 56], "imagenet": [18, 34]}
 
@@ -84,7 +86,10 @@ def _state(run_dir: Path, cfg: Config) -> str:
         return "new"
     if load_config(config_file).to_dict() != cfg.to_dict():
         raise UserError(f"{run_dir} holds a run with a different config; delete it or choose another --out")
-    done = int(checkpoint.NAME.fullmatch(found[-1].name).group(1)) >= cfg.schedule.iterations
+    metrics = run_dir / "metrics.jsonl"
+    lines = [json.loads(line) for line in metrics.read_text().splitlines()] if metrics.is_file() else []
+    total = scheduled_steps(cfg.schedule, lines)
+    done = total is not None and int(checkpoint.NAME.fullmatch(found[-1].name).group(1)) >= total
     return "finished" if done else "interrupted"
 
 

@@ -1,10 +1,11 @@
 """A reproduction report: each run's measured error beside the figure the paper reports for its recipe."""
 
 import json
-import tomllib
 from pathlib import Path
 
+from .config import load_config
 from .errors import UserError
+from .schedule import scheduled_steps
 
 
 def find_runs(paths: list[str]) -> list[Path]:
@@ -21,21 +22,21 @@ def find_runs(paths: list[str]) -> list[Path]:
 
 
 def run_row(run_dir: Path) -> dict:
-    cfg = tomllib.loads((run_dir / "config.toml").read_text())
+    cfg = load_config(run_dir / "config.toml")
     lines = (run_dir / "metrics.jsonl").read_text().splitlines() if (run_dir / "metrics.jsonl").is_file() else []
     if not lines:
         raise UserError(f"{run_dir} has no evaluations yet (metrics.jsonl is empty)")
-    last = json.loads(lines[-1])
-    data = cfg["data"]
-    split = (f"{data['val_split']} held-out training images (split_seed {data['split_seed']})" if data["val_split"]
+    metrics = [json.loads(line) for line in lines]
+    last, data = metrics[-1], cfg.data
+    split = (f"{data.val_split} held-out training images (split_seed {data.split_seed})" if data.val_split
              else "test split")
-    paper = cfg["paper"]["top1_error"] or None
+    paper = cfg.paper.top1_error or None
     ours = 100 * last["val_top1_error"]
     return {
-        "run": str(run_dir), "network": cfg["model"]["name"], "options": cfg["model"]["options"],
-        "data": data["path"], "evaluated_on": split, "iterations": last["iteration"],
-        "scheduled_iterations": cfg["schedule"]["iterations"], "top1_error": ours, "paper_top1_error": paper,
-        "difference": ours - paper if paper else None, "paper_source": cfg["paper"]["source"],
+        "run": str(run_dir), "network": cfg.model.name, "options": cfg.model.options,
+        "data": data.path, "evaluated_on": split, "iterations": last["iteration"],
+        "scheduled_iterations": scheduled_steps(cfg.schedule, metrics), "top1_error": ours,
+        "paper_top1_error": paper, "difference": ours - paper if paper else None, "paper_source": cfg.paper.source,
         "wall_s": last["wall_s"],
     }
 

@@ -45,6 +45,15 @@ def plateaus(s: ScheduleSection, errors: list[float]) -> int:
     return drops
 
 
+def scheduled_steps(s: ScheduleSection, metrics: list[dict]) -> int | None:
+    """A run's length in optimizer steps, which its checkpoints and metrics count, from its schedule and its
+    metrics lines. With unit "epoch", an evaluation line gives the epoch's length (evaluations fall on whole
+    epochs); None before the first one."""
+    if s.unit == "iteration":
+        return s.iterations
+    return s.iterations * round(metrics[-1]["iteration"] / metrics[-1]["epoch"]) if metrics else None
+
+
 def in_iterations(s: ScheduleSection, per_epoch: int) -> ScheduleSection:
     """`s` with every count in iterations: with unit "epoch", epochs times the iterations of one epoch."""
     if s.unit == "iteration":
