@@ -84,13 +84,15 @@ def test_two_processes_train_like_one_with_twice_the_batch(imagenet, tmp_path, m
 
 @pytest.fixture(scope="module")
 def two_machines(imagenet, tmp_path_factory):
-    """A run trained by two torchrun launches with --nnodes=2 (one process each), meeting at a c10d endpoint."""
+    """A run trained by two torchrun launches with --nnodes=2 (one process each), meeting at a c10d endpoint;
+    the spy dumps each rank's model at each evaluation into dump/."""
     out = tmp_path_factory.mktemp("nodes") / "run"
+    dump = out.with_name("dump")
     endpoint = f"localhost:{free_port()}"
     logs = [out.with_name(f"node{node}.log") for node in (0, 1)]
     launches = [subprocess.Popen(
         [*TORCHRUN, "--nnodes=2", "--nproc_per_node=1", f"--node_rank={node}", "--rdzv-backend=c10d",
-         f"--rdzv-endpoint={endpoint}", "--rdzv-id=tiny", "-m", "resnets", "train", "--recipe", RECIPE, *TINY,
+         f"--rdzv-endpoint={endpoint}", "--rdzv-id=tiny", SPY, dump, "--", "train", "--recipe", RECIPE, *TINY,
          f"data.path={imagenet}", "optim.batch_size=2", "--out", str(out)],
         stdout=log.open("w"), stderr=subprocess.STDOUT, env=ENV) for node, log in zip((0, 1), logs)]
     try:
@@ -102,12 +104,17 @@ def two_machines(imagenet, tmp_path_factory):
     outputs = [log.read_text() for log in logs]
     for launch, output in zip(launches, outputs):
         assert launch.returncode == 0, output[-5000:]
-    return out, "".join(outputs)
+    return out, "".join(outputs), dump
 
 
 @pytest.mark.filterwarnings("ignore:skipped unreadable image")
 def test_two_machines_train_together_and_resume_under_torchrun(two_machines, imagenet, tmp_path):
-    out, stdout = two_machines
+    out, stdout, dump = two_machines
+    # BN in training mode: each rank updates its running statistics from its own images; what is evaluated and
+    # saved is the same model everywhere, rank 0's statistics included.
+    for n in (1, 2):
+        rank0, rank1 = torch.load(dump / f"rank0-{n}.pt"), torch.load(dump / f"rank1-{n}.pt")
+        assert all(torch.equal(rank0[k], rank1[k]) for k in rank0)
     # One run, written once: by rank 0 only.
     assert stdout.count("training resnet18") == 1 and stdout.count("iter      8/8") == 1
     assert [json.loads(line)["iteration"] for line in (out / "metrics.jsonl").read_text().splitlines()] == [4, 8]
@@ -128,7 +135,7 @@ def test_two_machines_train_together_and_resume_under_torchrun(two_machines, ima
 
 def test_distributed_evaluation_counts_every_image_once(two_machines, imagenet, capsys):
     """13 validation files (one unreadable) on 2 processes: the numbers of one process, under every protocol."""
-    out, _ = two_machines
+    out, _, _ = two_machines
     command = ["eval", str(out), "--data", str(imagenet / "val"), "--protocol", "center,10crop,multiscale",
                "--scales", "32,48", "--json"]
     stdout = run([*TORCHRUN, "--standalone", "--nproc_per_node=2", "-m", "resnets", *command])

@@ -6,7 +6,7 @@ import json
 import pytest
 import torch
 
-from resnets import checkpoint, create_model
+from resnets import checkpoint, create_model, experiments
 from resnets.cli import main
 from resnets.data import load_digits
 from resnets.responses import layer_responses, three_by_three_bns
@@ -70,6 +70,29 @@ def test_shortcut_options_train_the_same_network(tmp_path):
     projections = sum(k.endswith("downsample.0.weight") for k in checkpoint.load(out / "resnet20-C-seed0")["model"])
     assert projections == 9  # option C projects in every block
     assert not any("downsample" in k for k in checkpoint.load(out / "resnet20-A-seed0")["model"])
+
+
+def test_each_shortcut_option_is_set_beside_its_own_paper_figure():
+    plan = {"data": "/data/imagenet", "schedule": "paper", "seeds": [0], "overrides": {}}
+    runs = experiments.shortcut_runs("imagenet", "resnet34", ["A", "B", "C"], **plan)
+    assert [(r.cfg.model.options["shortcut"], r.cfg.paper.top1_error) for r in runs] == [
+        ("A", 25.03), ("B", 24.52), ("C", 24.19)]  # Table 3; B is the recipe's own option
+    assert all(f"ResNet-34 {o}" in r.cfg.paper.source for o, r in zip("ABC", runs))
+    runs = experiments.shortcut_runs("cifar10", "resnet20", ["A", "B"], **{**plan, "data": "digits"})
+    assert [(r.cfg.paper.top1_error, r.cfg.paper.source) for r in runs] == [
+        (8.75, "He et al. 2015, Table 6 (CIFAR-10 test set)"), (0.0, "")]  # the paper has no CIFAR option B figure
+
+
+def test_several_seeds_are_summarized_as_mean_and_std():
+    runs = [experiments.Run(f"resnet20-seed{seed}", "resnet", None, [
+        {"iteration": 2, "train_error": 0.5, "val_top1_error": 0.5},
+        {"iteration": 4, "train_error": train, "val_top1_error": val}]) for seed, train, val in
+        ((0, 0.10, 0.20), (1, 0.20, 0.30), (2, 0.30, 0.70))]
+    [row] = experiments.summarize(runs)
+    assert (row["network"], row["seeds"], row["iterations"]) == ("resnet20", 3, 4)
+    assert (row["train_error"], row["val_error"]) == pytest.approx((20.0, 40.0))
+    assert (row["train_error_std"], row["val_error_std"]) == pytest.approx((10.0, 26.457513))  # sample std
+    assert "| resnet20 | 4 | 3 | 20.00 ± 10.00 | 40.00 ± 26.46 |" in experiments.markdown([row])
 
 
 def test_responses_match_a_hand_computation():
