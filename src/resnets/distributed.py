@@ -64,6 +64,15 @@ def all_sum(t: torch.Tensor) -> torch.Tensor:
     return total.to(t.device)
 
 
+def broadcast_object(obj):
+    """Rank 0's `obj` (anything picklable) on every rank; `obj` itself outside torchrun."""
+    if not dist.is_initialized():
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
 def broadcast_buffers(model: nn.Module) -> None:
     """Rank 0's buffers (BN running statistics) everywhere: each rank updated its own from its own images in the
     last step, so before an evaluation or a checkpoint every rank takes the ones rank 0 will save."""

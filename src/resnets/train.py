@@ -73,9 +73,6 @@ def _train(cfg: Config, run_dir: Path, resume: bool) -> dict:
 
     train_set, val_set = load_train_val(cfg.data)
     workers = default_workers(cfg.data.workers)
-    # Streamed folders estimate the statistics on 2,000 images spread over the folder.
-    mean, std = normalization_stats(train_set.sample(2000), cfg.data.normalize)
-    mean, std = mean.to(device), std.to(device)
     in_channels, size, _ = train_set.image_shape
     model = ResNet(cfg.model_config(len(train_set.classes), in_channels)).to(device)
     if cfg.run.sync_bn:
@@ -94,18 +91,21 @@ def _train(cfg: Config, run_dir: Path, resume: bool) -> dict:
         raise UserError(f"{world} x batch_size {cfg.optim.batch_size} exceeds the {len(train_set)} training images")
     schedule = in_iterations(cfg.schedule, len(loader))
     eval_every = cfg.run.eval_every * (len(loader) if cfg.schedule.unit == "epoch" else 1)
-    # Everything predict/export need to feed the network a new image: shorter side resized to `resize`,
-    # centre crop of `input_size`, channels, then (x / 255 - mean) / std.
-    preprocessing = {"mean": mean.cpu(), "std": std.cpu(), "input_size": size,
-                     "resize": (cfg.data.resize or size) if cfg.data.crop else size, "in_channels": in_channels}
 
-    iteration, history = 0, []
+    iteration, history, preprocessing = 0, [], None
     # The plateau schedule reads `history` as evaluations are appended to it (and as _restore replaces it).
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda it: lr_factor(schedule, it, history, world))
     if resume:
-        iteration, history = _restore(run_dir, cfg, model, optimizer, scheduler, world)
+        iteration, history, preprocessing = _restore(run_dir, cfg, model, optimizer, scheduler, world)
     elif checkpoint.checkpoints(run_dir):
         raise UserError(f"{run_dir} already holds a run; resume it with --resume or choose another --out")
+    if preprocessing is None:
+        # Everything predict/export need to feed the network a new image: shorter side resized to `resize`,
+        # centre crop of `input_size`, channels, then (x / 255 - mean) / std.
+        mean, std = _normalization(train_set, cfg.data.normalize, workers)
+        preprocessing = {"mean": mean, "std": std, "input_size": size,
+                         "resize": (cfg.data.resize or size) if cfg.data.crop else size, "in_channels": in_channels}
+    mean, std = preprocessing["mean"].to(device), preprocessing["std"].to(device)
     tensorboard = _tensorboard(run_dir) if cfg.run.tensorboard and main else None
     metrics_file = run_dir / "metrics.jsonl"
     if main:
@@ -284,18 +284,29 @@ def _save(run_dir, cfg, model, optimizer, scheduler, history, classes, preproces
         old.unlink()
 
 
-def _restore(run_dir, cfg, model, optimizer, scheduler, world) -> tuple[int, list[dict]]:
-    """Load the newest usable checkpoint into the live objects, falling back past damaged or foreign ones."""
+def _normalization(train_set, mode: str, workers: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(mean, std) for `normalize`: rank 0 estimates them (on 2,000 images spread over the folder when it is
+    streamed, decoded by the workers) and sends them to the other ranks, which would only repeat its work."""
+    stats = None
+    if distributed.rank() == 0:
+        with torch.random.fork_rng(devices=[]):  # a DataLoader draws a seed; the run's random stream stays as is
+            stats = normalization_stats(train_set.sample(2000, workers), mode)
+    return distributed.broadcast_object(stats)
+
+
+def _restore(run_dir, cfg, model, optimizer, scheduler, world) -> tuple[int, list[dict], dict | None]:
+    """Load the newest usable checkpoint into the live objects, falling back past damaged or foreign ones;
+    returns its (iteration, history, preprocessing)."""
     _check_same_config(run_dir, cfg)
     found = checkpoint.checkpoints(run_dir)
     if not found:  # stopped before its first checkpoint: the same run, from the start
         print(f"{run_dir} holds no checkpoint yet; starting from iteration 0")
-        return 0, []
+        return 0, [], None
     problems = []
     for path in reversed(found):
         try:
-            iteration, history = _load_state(path, checkpoint.load(path), cfg, model, optimizer, scheduler,
-                                          world)
+            state = checkpoint.load(path)
+            iteration, history = _load_state(path, state, cfg, model, optimizer, scheduler, world)
             break
         except UserError as e:
             print(f"warning: {e}; trying the previous checkpoint")
@@ -304,7 +315,7 @@ def _restore(run_dir, cfg, model, optimizer, scheduler, world) -> tuple[int, lis
         raise UserError(f"no usable checkpoint in {run_dir}; the newest: {problems[0]}")
     if distributed.rank() == 0:
         print(f"resuming {run_dir} from iteration {iteration} ({path.name})")
-    return iteration, history
+    return iteration, history, state.get("preprocessing")  # the mean and std it was trained with, not a new estimate
 
 
 def _check_same_config(run_dir: Path, cfg: Config) -> None:

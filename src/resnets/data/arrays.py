@@ -32,7 +32,7 @@ class ArrayDataset:
         for index in batches:
             yield self.images[index], self.labels[index]
 
-    def sample(self, n: int) -> "ArrayDataset":
+    def sample(self, n: int, workers: int = 0) -> "ArrayDataset":
         """At most n images to compute normalisation statistics on: all of them, since they are in memory."""
         return self
 

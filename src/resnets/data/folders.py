@@ -228,8 +228,9 @@ class FolderDataset(torch.utils.data.Dataset):
                                              num_workers=workers, pin_memory=torch.cuda.is_available())
         yield from loader
 
-    def sample(self, n: int) -> ArrayDataset:
-        """n images spread over the folder, in memory: enough to estimate normalisation statistics."""
+    def sample(self, n: int, workers: int = 0) -> ArrayDataset:
+        """n images spread over the folder, in memory: enough to estimate normalisation statistics. Decoded in
+        this process whatever `workers`, so that the unreadable ones are reported here."""
         index = torch.linspace(0, len(self) - 1, min(n, len(self))).long()
         images, labels = zip(*(self[i] for i in index.tolist()))
         return ArrayDataset(torch.stack(images), torch.stack(labels), self.classes)

@@ -161,11 +161,12 @@ class ImageNetFolder(torch.utils.data.Dataset):
     def __getstate__(self) -> dict:
         return {**self.__dict__, "_loader": None}  # copies (copy.copy) and spawned workers get no loader
 
-    def sample(self, n: int) -> ArrayDataset:
-        """n centre crops spread over the folder, in memory: enough to estimate normalisation statistics."""
+    def sample(self, n: int, workers: int = 0) -> ArrayDataset:
+        """n centre crops spread over the folder, decoded by `workers` processes, in memory: enough to estimate
+        normalisation statistics."""
         index = torch.linspace(0, len(self) - 1, min(n, len(self))).long()
         center = self.with_protocol("center")
-        images, labels = map(torch.cat, zip(*center.load_batches(index.split(256))))
+        images, labels = map(torch.cat, zip(*center.load_batches(index.split(256), workers)))
         readable = labels >= 0
         return ArrayDataset(images[readable], labels[readable], self.classes)
 
