@@ -228,8 +228,8 @@ def machine() -> str:
 
 
 def table(results: dict, args) -> str:
-    lines = ["| network | batch | predictor | images/s (all rounds; range of rounds) | vs baseline | warm-up s | "
-             "top-1 agreement with fp32 | top-1 accuracy | CPU taken by others |",
+    lines = [("| network | batch | predictor | images/s (all rounds; range of rounds) | vs baseline | warm-up s | "
+              "top-1 agreement with fp32 | top-1 accuracy | CPU taken by others |"),
              "|---|---:|---|---:|---:|---:|---:|---:|---:|"]
     for (name, batch), r in results.items():
         base = harmonic_mean(r["rates"][BASELINE])

@@ -4,6 +4,7 @@ import io
 import pickle
 import tarfile
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 from PIL import Image
@@ -35,7 +36,7 @@ class _Py2Pickler(pickle._Pickler):
         else:
             self.write(pickle.BINSTRING + len(data).to_bytes(4, "little") + data)
 
-    dispatch = {**pickle._Pickler.dispatch, bytes: save_binstring, str: save_binstring}
+    dispatch: ClassVar[dict] = {**pickle._Pickler.dispatch, bytes: save_binstring, str: save_binstring}
 
 
 def py2_pickle(obj) -> bytes:

@@ -192,7 +192,7 @@ def test_split_validation_reproducible_and_disjoint():
     train, val = split_validation(ds, 10, seed=3)
     assert (len(train), len(val)) == (40, 10)
     assert sorted(train.labels.tolist() + val.labels.tolist()) == list(range(50))
-    again_train, again_val = split_validation(ds, 10, seed=3)
+    _, again_val = split_validation(ds, 10, seed=3)
     assert torch.equal(val.labels, again_val.labels) and torch.equal(val.images, again_val.images)
     assert not torch.equal(split_validation(ds, 10, seed=4)[1].labels, val.labels)
     for n in (0, 50):
@@ -212,7 +212,7 @@ def test_pad_crop_flip_matches_per_image_reference():
     for b in range(len(images)):
         matches = [(dy, dx, mirror)
                    for dy in range(2 * pad + 1) for dx in range(2 * pad + 1) for mirror in (False, True)
-                   if torch.equal(out[b], (lambda c: c.flip(-1) if mirror else c)(padded[b, :, dy:dy + 8, dx:dx + 8]))]
+                   if torch.equal(out[b].flip(-1) if mirror else out[b], padded[b, :, dy:dy + 8, dx:dx + 8])]
         assert matches, f"image {b} is no crop of its padded input"
         seen.update(m[:2] for m in matches)
     assert len(seen) == (2 * pad + 1) ** 2  # every offset in [0, 2*pad] occurs

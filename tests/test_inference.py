@@ -93,7 +93,7 @@ def test_folded_matches_fp32_on_trained_digits(digits, reference):
 
 
 def test_bf16_matches_fp32_on_trained_digits(digits, reference):
-    model, x, labels, _ = digits
+    model, x, _, _ = digits
     bf16 = prepare(model, "bf16")(x)
     # bf16 keeps 8 bits of mantissa: logits within 5% of their largest magnitude, top-1 the same on >= 99%.
     assert (bf16 - reference).abs().max() <= 0.05 * reference.abs().max()
@@ -117,7 +117,7 @@ def test_int8_matches_fp32_on_trained_digits(digits, reference):
     # Measured: 99-100% agreement and the same accuracy to within a test image or two; 95% and 2 points leave
     # room for the drift of a retrained model.
     assert agreement(out, reference) >= 0.95
-    accuracy = lambda logits: (logits.argmax(1) == labels).float().mean().item()  # noqa: E731
+    accuracy = lambda logits: (logits.argmax(1) == labels).float().mean().item()
     assert abs(accuracy(out) - accuracy(reference)) <= 0.02
 
 

@@ -449,6 +449,7 @@ def test_bad_data_is_converted_skipped_or_refused_before_training(tmp_path, caps
     # Every file reads as 3 x 8 x 8 uint8, in streamed order, with no exception: no crash mid-epoch.
     with pytest.warns(UserWarning):
         ds = FolderDataset(tmp_path / "data" / "train", 8)
+    with pytest.warns(UserWarning):
         batches = list(ds.load_batches([torch.arange(len(ds))]))
     assert batches[0][0].shape == (len(ds), 3, 8, 8) and batches[0][0].dtype == torch.uint8
     # Validation is labelled by class name: c2 is label 2 although val has only c0 and c2.

@@ -42,8 +42,8 @@ def run_row(run_dir: Path) -> dict:
 
 
 def markdown(rows: list[dict]) -> str:
-    lines = ["| run | network | iterations | evaluated on | top-1 error (%) | paper (%) | difference "
-             "| training time |",
+    lines = [("| run | network | iterations | evaluated on | top-1 error (%) | paper (%) | difference "
+              "| training time |"),
              "|---|---|---:|---|---:|---:|---:|---:|"]
     for r in rows:
         options = "".join(f" {k}={v}" for k, v in r["options"].items())
