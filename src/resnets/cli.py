@@ -66,9 +66,9 @@ def cmd_experiment(args) -> None:
     out = Path(args.out or f"runs/{args.experiment}")
     val_split = args.val_split if args.val_split is not None else (5000 if args.family == "cifar10" else 0)
     overrides = {"data.val_split": val_split, **dict(_split_overrides(args.overrides))}
-    common = {"data": args.data, "schedule": args.schedule, "seeds": _ints(args.seeds), "overrides": overrides}
+    common = {"data": args.data, "schedule": args.schedule, "seeds": args.seeds, "overrides": overrides}
     if args.experiment == "degradation":
-        depths = _ints(args.depths) if args.depths else experiments.DEFAULT_DEPTHS[args.family]
+        depths = args.depths or experiments.DEFAULT_DEPTHS[args.family]
         runs = experiments.degradation_runs(args.family, depths, **common)
         title = f"plain vs residual on {args.data} ({args.schedule} schedule)"
     else:
@@ -112,17 +112,11 @@ def _split_overrides(items: list[str]):
     return [_split(item) for item in items]
 
 
-def _ints(text: str) -> list[int]:
-    try:
-        return [int(part) for part in text.split(",")]
-    except ValueError:
-        raise UserError(f"expected comma-separated integers, got {text!r}") from None
-
-
 def cmd_eval(args) -> None:
     from . import distributed
     from .config import DataSection
     from .data import default_workers, load_eval_set, match_classes
+    from .data.imagenet import PAPER_SCALES
     from .evaluate import evaluate
     from .export import load_model
     from .train import pick_device, use_bf16
@@ -147,7 +141,7 @@ def cmd_eval(args) -> None:
     bf16 = use_bf16(args.precision, device)
     model = model.to(memory_format=torch.channels_last)
     for protocol in protocols:
-        part = ds.with_protocol(protocol, args.scales) if views else ds
+        part = ds.with_protocol(protocol, args.scales or PAPER_SCALES) if views else ds
         result = evaluate(model, part, pre["mean"].to(device), pre["std"].to(device), device, bf16,
                           batch_size=EVAL_BATCH[protocol], workers=default_workers(data.workers))
         result = {"protocol": protocol, **{k: result[k] for k in ("top1_error", "top5_error", "images", "loss")}}
@@ -220,11 +214,11 @@ def build_parser() -> argparse.ArgumentParser:
         e.add_argument("--data", required=True, help="data.path of every run (CIFAR-10 archive or image folder)")
         e.add_argument("--family", default="cifar10", choices=("cifar10", "imagenet"), help="recipe family")
         e.add_argument("--schedule", default="paper", help="paper (the recipe's own) or cpu (2,000 iterations)")
-        e.add_argument("--seeds", default="0", help="comma-separated seeds; > 1 gives mean ± std")
+        e.add_argument("--seeds", default="0", type=_integers(0), help="comma-separated seeds; > 1 gives mean ± std")
         e.add_argument("--val-split", type=int, help="held-out training images (default 5000 for cifar10)")
         e.add_argument("--out", help=f"experiment directory (default runs/{name})")
         if name == "degradation":
-            e.add_argument("--depths", help="comma-separated depths (default 20,32,44,56; imagenet 18,34)")
+            e.add_argument("--depths", type=_integers(1), help="comma-separated depths (default 20,32,44,56; imagenet 18,34)")
         else:
             e.add_argument("--network", default="resnet32", help="the network (default resnet32)")
             e.add_argument("--options", default="A,B,C", help="shortcut options (default A,B,C)")
@@ -250,7 +244,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the paper's test protocols, one or several comma-separated: center (resize, centre crop; the "
                         "default), 10crop (4 corners + centre and their mirror images, scores averaged), multiscale "
                         "(the whole image at each of --scales, scores averaged)")
-    p.add_argument("--scales", default="224,256,384,480,640", type=_integers,
+    p.add_argument("--scales", type=_integers(1),
                    help="multiscale: shorter sides in pixels (default: the paper's 224,256,384,480,640)")
     p.add_argument("--json", action="store_true", help="print one JSON object per protocol")
     p.set_defaults(func=cmd_eval)
@@ -288,14 +282,19 @@ def _protocols(text: str) -> str:
     return text
 
 
-def _integers(text: str) -> list[int]:
-    try:
-        values = [int(v) for v in text.split(",")]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
-    if min(values) < 1:
-        raise argparse.ArgumentTypeError(f"expected positive sizes, got {text!r}")
-    return values
+def _integers(minimum: int):
+    """An argparse type: comma-separated integers, none below `minimum`."""
+
+    def parse(text: str) -> list[int]:
+        try:
+            values = [int(v) for v in text.split(",")]
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+        if min(values) < minimum:
+            raise argparse.ArgumentTypeError(f"expected integers of at least {minimum}, got {text!r}")
+        return values
+
+    return parse
 
 
 def main(argv: list[str] | None = None) -> int:
