@@ -11,9 +11,9 @@ from PIL import Image
 from resnets import checkpoint, create_model, load_model
 from resnets.cli import main
 from resnets.data import load_digits, normalize
-from resnets.data.folders import _decode, _fit, scan_folder
+from resnets.data.folders import _decode, resize_center_crop, scan_folder
 from resnets.evaluate import evaluate
-from resnets.predict import fit, predict, read_image
+from resnets.predict import predict, read_image
 from resnets.train import train
 
 from .conftest import torch_threads
@@ -172,6 +172,7 @@ def test_modes_are_converted_not_clipped(tmp_path):
     assert torch.equal(read_image(tmp_path / "rgba.png", 1), read_image(tmp_path / "cmyk.tif", 1))
     # ImageNet-style resize 256 / crop 224: an image already 224 x 224 is enlarged and cropped all the same.
     square = torch.from_numpy(rng.integers(0, 256, (3, 8, 8), dtype=np.uint8))
+    fit = resize_center_crop
     assert torch.equal(fit(square, 8, 8), square) and not torch.equal(fit(square, 10, 8), square)
     assert fit(torch.zeros(3, 30, 60, dtype=torch.uint8), 10, 8).shape == (3, 8, 8)
 
@@ -182,7 +183,7 @@ def test_colour_images_are_preprocessed_as_training_decoded_them(tmp_path):
     paths, _, _ = scan_folder(root)
     readable = [p for p in paths if p.name != "corrupt.jpg"]
     for path in readable:
-        assert torch.equal(fit(read_image(path, 3), 32, 32), _fit(_decode(path), 32)), path
+        assert torch.equal(read_image(path, 3), _decode(path)), path  # so both go through resize_center_crop alike
     # Colour preprocessing with resize > input size, random weights: every readable file gets a prediction.
     model = create_model("resnet20", num_classes=2).eval()
     pre = {"mean": torch.full((3, 1, 1), 0.5), "std": torch.full((3, 1, 1), 0.25), "input_size": 32, "resize": 36,
@@ -190,7 +191,7 @@ def test_colour_images_are_preprocessed_as_training_decoded_them(tmp_path):
     results = list(predict(model, {"classes": ["a", "b"], "preprocessing": pre}, paths, top_k=1, batch_size=4))
     assert [r["path"] for r in results if "top" in r] == [str(p) for p in readable]
     with torch.no_grad():
-        x = normalize(torch.stack([fit(read_image(p, 3), 36, 32) for p in readable]), pre["mean"], pre["std"])
+        x = normalize(torch.stack([resize_center_crop(read_image(p, 3), 36, 32) for p in readable]), pre["mean"], pre["std"])
         best = model(x).softmax(1).max(1).values
     torch.testing.assert_close(torch.tensor([r["top"][0]["probability"] for r in results if "top" in r]), best)
 

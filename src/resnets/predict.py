@@ -13,10 +13,9 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
-from torchvision.transforms.v2 import functional as TF
 
 from .data import normalize
-from .data.folders import IMAGE_EXTENSIONS, to_mode
+from .data.folders import IMAGE_EXTENSIONS, resize_center_crop, to_mode
 from .errors import UserError
 from .inference import prepare
 
@@ -83,13 +82,6 @@ def read_image(path: str | Path, channels: int, max_pixels: int = MAX_PIXELS) ->
     return pixels[None] if pixels.ndim == 2 else pixels.permute(2, 0, 1).contiguous()
 
 
-def fit(image: torch.Tensor, resize: int, size: int) -> torch.Tensor:
-    """Shorter side resized to `resize`, then the centre `size` x `size` square (as data.folders does)."""
-    if resize == size and image.shape[-2:] == (size, size):
-        return image  # nothing to do (and no resampling of pixels that already fit)
-    return TF.center_crop(TF.resize(image, resize, antialias=True), [size, size])
-
-
 def predict(model, info: dict, paths: list[Path], top_k: int = 5, batch_size: int = 64,
             max_pixels: int = MAX_PIXELS, mode: str = "fp32") -> Iterator[dict]:
     """For each path, in order: {"path", "top": [{"class", "probability"}, ...] best first} or {"path", "error"}.
@@ -110,7 +102,8 @@ def predict(model, info: dict, paths: list[Path], top_k: int = 5, batch_size: in
         for path in paths[start: start + batch_size]:
             results.append({"path": str(path)})
             try:
-                images.append(fit(read_image(path, pre["in_channels"], max_pixels), pre["resize"], pre["input_size"]))
+                images.append(resize_center_crop(read_image(path, pre["in_channels"], max_pixels), pre["resize"],
+                                                 pre["input_size"]))
             except ImageError as e:
                 results[-1]["error"] = str(e)
         if images:

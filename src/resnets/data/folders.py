@@ -82,9 +82,12 @@ def _decode(path: Path) -> torch.Tensor:
     return image
 
 
-def _fit(image: torch.Tensor, size: int) -> torch.Tensor:
-    """Resize the shorter side to `size`, then take the centre size x size square."""
-    return TF.center_crop(TF.resize(image, size, antialias=True), [size, size])
+def resize_center_crop(image: torch.Tensor, resize: int, size: int) -> torch.Tensor:
+    """Shorter side resized to `resize`, then the centre `size` x `size` square: how every image of any size is
+    brought to the network's input (fixed-size folders with resize = size; ImageNet's 256 then 224)."""
+    if resize == size and image.shape[-2:] == (size, size):
+        return image  # nothing to do (and no resampling of pixels that already fit)
+    return TF.center_crop(TF.resize(image, [resize], antialias=True), [size, size])
 
 
 def _warn_skipped(skipped: list[str]) -> None:
@@ -108,7 +111,7 @@ def _decode_all(
             skipped.append(str(path))
             continue
         if image_size:
-            image = _fit(image, image_size)
+            image = resize_center_crop(image, image_size, image_size)
         elif not images:
             first = path
         elif image.shape != images[0].shape:
@@ -212,7 +215,7 @@ class FolderDataset(torch.utils.data.Dataset):
                 continue
             size = getattr(self, "size", None)  # unset only while __init__ reads the first image
             if size and image.shape[-2:] != (size, size):
-                image = _fit(image, size)
+                image = resize_center_crop(image, size, size)
             return image, self.labels[i]
         raise UserError(f"none of the image files under {self.root} could be read")
 

@@ -16,7 +16,7 @@ from torchvision.transforms.v2 import functional as TF
 
 from ..errors import UserError
 from .arrays import ArrayDataset
-from .folders import _decode, scan_folder
+from .folders import _decode, resize_center_crop, scan_folder
 
 # Krizhevsky et al. 2012 (Sec. 4.1): PCA of ImageNet's RGB pixel values (in [0, 1]); the constants of
 # fb.resnet.torch's Lighting transform, which the authors' released models were trained with.
@@ -110,11 +110,12 @@ class ImageNetFolder(torch.utils.data.Dataset):
         """The test protocol's views of one decoded image: a tensor, a stack of ten, or a list (sizes differ)."""
         if self.protocol == "multiscale":
             return [TF.resize(image, [s], antialias=True) for s in self.scales]
-        image = TF.resize(image, [self.resize], antialias=True)
-        if self.protocol == "10crop":  # the five crops and their mirror images (ten_crop would mirror the image
-            crops = TF.five_crop(image, [self.crop, self.crop])  # first, moving an odd-margin centre by a pixel)
-            return torch.stack([*crops, *(c.flip(-1) for c in crops)])  # (10, 3, crop, crop)
-        return TF.center_crop(image, [self.crop, self.crop])
+        if self.protocol == "center":
+            return resize_center_crop(image, self.resize, self.crop)
+        # The five crops and their mirror images (ten_crop would mirror the image first, moving an odd-margin
+        # centre by a pixel).
+        crops = TF.five_crop(TF.resize(image, [self.resize], antialias=True), [self.crop, self.crop])
+        return torch.stack([*crops, *(c.flip(-1) for c in crops)])  # (10, 3, crop, crop)
 
     def with_protocol(self, protocol: str, scales=PAPER_SCALES) -> "ImageNetFolder":
         if protocol not in PROTOCOLS:
