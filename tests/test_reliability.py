@@ -537,3 +537,22 @@ def test_resume_with_another_config_and_debug(tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.startswith("Traceback") and "_check_same_config" in err
     assert err.splitlines()[-1].startswith(f"resnets train: error: {run} was started with a different config")
+
+
+def test_a_decompression_bomb_in_a_training_folder_is_skipped_before_it_is_decoded(tmp_path):
+    """64 million pixels in a few kilobytes: readable, but 192 MB once decoded; refused from its header."""
+    from resnets.data import ImageNetFolder, load_folder
+
+    for c in ("a", "b"):
+        (tmp_path / c).mkdir()
+        Image.new("RGB", (8, 8), c == "a" and "red" or "blue").save(tmp_path / c / "ok.png")
+    bomb = tmp_path / "a" / "bomb.png"
+    Image.new("1", (8000, 8000)).save(bomb)
+    assert bomb.stat().st_size < 100_000
+    with pytest.raises(ValueError, match="8000x8000 pixels, over 50,000,000: refused as a possible decompression"):
+        _decode(bomb)
+    with pytest.warns(UserWarning, match=f"skipped 1 unreadable image\\(s\\): {re.escape(str(bomb))}"):
+        assert len(load_folder(tmp_path, image_size=8)) == 2
+    views = ImageNetFolder(tmp_path, crop=8, resize=8)
+    labels = [views[i][1] for i in range(len(views))]
+    assert sorted(labels) == [-1, 0, 1]  # counted out of an evaluation

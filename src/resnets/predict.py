@@ -15,13 +15,9 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from .data import normalize
-from .data.folders import IMAGE_EXTENSIONS, resize_center_crop, to_mode
+from .data.folders import IMAGE_EXTENSIONS, MAX_PIXELS, resize_center_crop, to_mode
 from .errors import UserError
 from .inference import prepare
-
-# Images with more pixels are refused as possible decompression bombs (a 100-byte PNG can claim 10^10 pixels,
-# 10 GB once decoded). 50 MP admits photos of all but medium-format cameras; Pillow's own default is 89 MP.
-MAX_PIXELS = 50_000_000
 
 
 class ImageError(Exception):
