@@ -95,17 +95,33 @@ def test_several_seeds_are_summarized_as_mean_and_std():
     assert "| resnet20 | 4 | 3 | 20.00 ± 10.00 | 40.00 ± 26.46 |" in experiments.markdown([row])
 
 
-def test_responses_match_a_hand_computation():
+@pytest.mark.parametrize("network", ["plain20", "resnet20"])
+def test_responses_match_a_hand_computation(network):
+    """All 19 layers (the stem, then each block's two BNs), each output's per-channel std averaged over channels,
+    with the network run by hand: a block is relu(bn2(conv2(relu(bn1(conv1 x)))) + shortcut x)."""
     _, ds = load_digits()
-    model = create_model("plain20", num_classes=10, in_channels=1).eval()
-    mean, std = torch.zeros(1, 1, 1), torch.ones(1, 1, 1)
-    stds = layer_responses(model, ds, mean, std, batch_size=100)
+    torch.manual_seed(0)
+    model = create_model(network, num_classes=10, in_channels=1)
+    model.train()
+    with torch.no_grad():  # BN statistics of these images, so that the responses are not all the same
+        model(ds.images.float() / 255)
+    model.eval()
+    stds = layer_responses(model, ds, torch.zeros(1, 1, 1), torch.ones(1, 1, 1), batch_size=100)
     assert len(stds) == len(three_by_three_bns(model)) == 19  # the stem and 2 per block
+
+    def response(x):
+        return x.transpose(0, 1).flatten(1).std(1, correction=0).mean().item()
+
     with torch.no_grad():
-        stem = model.bn1(model.conv1(ds.images.float() / 255))  # the stem's response, by hand
-        first = model.layer1[0].bn1(model.layer1[0].conv1(torch.relu(stem)))
-    for got, response in zip(stds, (stem, first)):
-        assert got == pytest.approx(response.transpose(0, 1).flatten(1).std(1, correction=0).mean().item(), rel=1e-4)
+        x = model.bn1(model.conv1(ds.images.float() / 255))
+        by_hand = [response(x)]
+        x = torch.relu(x)
+        for block in model.blocks():
+            first = block.bn1(block.conv1(x))
+            second = block.bn2(block.conv2(torch.relu(first)))
+            by_hand += [response(first), response(second)]
+            x = torch.relu(second + (block.shortcut(x) if network == "resnet20" else 0))
+    assert stds == pytest.approx(by_hand, rel=1e-4)
 
 
 def test_zeroed_residual_branches_have_zero_response():
