@@ -514,6 +514,7 @@ def test_a_malicious_checkpoint_runs_nothing(tiny_reference, tmp_path, capsys):
     (["train", "--recipe", "cifar10/resnet21"], "no recipe 'cifar10/resnet21'; did you mean"),
     (["train", "model.num_classes=5"], "model.num_classes is taken from the data"),
     (["train", "run.eval_every=0"], "run.eval_every must be at least 1, got 0"),
+    (["train", "run.keep_checkpoints=0"], "run.keep_checkpoints must be at least 1, got 0"),
     (["train", "optim.batch_size=-8"], "optim.batch_size must be at least 1"),
     (["train", "run.device=tpu"], "unknown device 'tpu'"),
     (["train", "data.path=missing/folder"], "data path missing/folder does not exist"),

@@ -83,7 +83,7 @@ class RunSection:
     precision: str = "auto"  # auto (bf16 where the hardware has it) | bf16 | fp32
     channels_last: bool = True
     compile: bool = False  # measured: torch.compile slows CPU training of these nets (benchmarks/train_speed.py)
-    keep_checkpoints: int = 2
+    keep_checkpoints: int = 2  # the newest N; at least 1, the one a resume starts from
     sync_bn: bool = False  # torchrun on GPUs: BN statistics over all processes' images (nn.SyncBatchNorm)
     tensorboard: bool = False  # also log the metrics to run_dir/tensorboard (needs `pip install tensorboard`)
 
@@ -124,7 +124,7 @@ CHOICES = {
     "data.loader": ("auto", "memory", "stream"),
     "run.precision": ("auto", "bf16", "fp32"),
 }
-POSITIVE = ("optim.batch_size", "schedule.iterations", "run.eval_every")
+POSITIVE = ("optim.batch_size", "schedule.iterations", "run.eval_every", "run.keep_checkpoints")
 
 
 def _all_keys() -> list[str]:
