@@ -177,11 +177,15 @@ def test_folder_dataset_substitutes_unreadable(tmp_path):
     root = make_image_folder(tmp_path / "imgs", classes=2, per_class=2, extras=True)
     ds = FolderDataset(root)
     assert len(ds) == 4 + 4 and ds.classes == ["c0", "c1"] and ds.image_shape == (3, 32, 32)
-    bad = [p.name for p in ds.paths].index("corrupt.jpg")
-    with pytest.warns(UserWarning, match="corrupt.jpg"):
-        image, label = ds[bad]
+    bad = [p.endswith(b"/corrupt.jpg") for p in ds.paths].index(True)
+    image, label, unreadable = ds[bad]
     assert torch.equal(image, ds[bad + 1][0]) and label == ds.labels[bad + 1]
     assert image.shape == (3, 32, 32) and image.dtype == torch.uint8
+    assert unreadable == str(root / "c0" / "corrupt.jpg")
+    # Decoded by a worker, reported by this process: once per file, however often it is drawn.
+    with pytest.warns(UserWarning, match=r"skipped unreadable image .*corrupt\.jpg \(1 so far") as warned:
+        (images, labels), = ds.load_batches([torch.tensor([bad, bad, 0])], workers=1)
+    assert len(warned) == 1 and torch.equal(images[0], image) and labels.tolist() == [label, label, 0]
 
 
 # -------------------------------------------------------------------------------------------- splitting

@@ -437,10 +437,12 @@ def test_bad_data_is_converted_skipped_or_refused_before_training(tmp_path, caps
     assert f"{tmp_path / 'data' / 'val'} has no images of 1 of the 3 classes (c1)" in warned
     if loader == "memory":
         assert "skipped 4 unreadable image(s)" in warned
-    else:  # streamed: each unreadable file is named (when drawn) and replaced by the next readable one
-        unread = {str(w.message).removeprefix("skipping unreadable image ") for w in caught
-                  if str(w.message).startswith("skipping unreadable")}
-        assert unread and unread <= set(files["unreadable"])
+    else:  # streamed: each unreadable file is named once (when first drawn) and replaced by the next readable one
+        reported = [re.fullmatch(r"skipped unreadable image (.+) \((\d+) so far in .+\)", str(w.message))
+                    for w in caught if str(w.message).startswith("skipped unreadable image ")]
+        unread = [m[1] for m in reported]
+        assert unread and set(unread) <= set(files["unreadable"]) and len(set(unread)) == len(unread)
+        assert [int(m[2]) for m in reported] == list(range(1, len(unread) + 1))
     ckpt = checkpoint.load(tmp_path / "run")
     assert ckpt["classes"] == ["c0", "c1", "c2"] and ckpt["iteration"] == 6
     print(f"\n{loader}: {len(files['unreadable'])} unreadable files skipped, {len(files['converted'])} converted, "

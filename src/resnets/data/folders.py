@@ -201,58 +201,124 @@ def load_folder(root: str | Path, image_size: int | None = None, cache_dir: Path
     return ds
 
 
-class FolderDataset(torch.utils.data.Dataset):
-    """A root/<class>/<image> folder read from disk batch by batch, for folders too big to hold in memory.
+class StreamedFolder(torch.utils.data.Dataset):
+    """A root/<class>/<image> folder read from disk batch by batch by DataLoader workers, for folders too big to
+    hold in memory. Subclasses say what an item becomes (`__getitem__`): a tuple (image or views, label,
+    unreadable paths met, "\\n"-joined), which the workers decode and `load_batches` reports on.
 
-    Items are (uint8 (3, S, S) image, label): decoded, resized (shorter side) and centre-cropped to S, with
-    S = `image_size` or the first image's size. Augmentation is not done here but on whole batches by the
-    loader, exactly as for in-memory data, so both paths train identically. An unreadable file is replaced
-    by the next readable one (wrapping around) so that one bad file among millions does not end a long run;
-    each is warned about with its path.
+    An unreadable file is reported by path (a warning in the main process, once per file, with the running
+    count) and never ends a run: the next readable file stands in for it (`_first_readable`), or an item counts
+    it out with label -1.
+    """
+
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+        paths, labels, self.classes = scan_folder(self.root)
+        # Bytes in one numpy array, not a list of Path objects: workers forked from this process then share the
+        # pages instead of copying them (reading a Python object writes its reference count).
+        self.paths = np.array([os.fsencode(p) for p in paths])
+        self.labels = torch.tensor(labels)
+        self.unreadable: set[str] = set()  # shared by copies (subset, with_protocol): each file reported once
+        self._loader = None
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def _first_readable(self, index: int) -> tuple[torch.Tensor, int, str]:
+        """(image, label, unreadable paths passed over) of the first readable file from `index` on, wrapping
+        around."""
+        skipped = []
+        for offset in range(len(self)):
+            i = (index + offset) % len(self)
+            path = os.fsdecode(self.paths[i])
+            try:
+                return _decode(path), int(self.labels[i]), "\n".join(skipped)
+            except Exception:  # whatever the reason, this file cannot be used: the next one stands in
+                skipped.append(path)
+        raise UserError(f"none of the image files under {self.root} could be read")
+
+    def subset(self, index: torch.Tensor) -> "StreamedFolder":
+        part = copy.copy(self)
+        part.paths, part.labels = self.paths[index.numpy()], self.labels[index]
+        return part
+
+    def load_batches(self, batches: list, workers: int = 0):
+        """(images, labels) for each list of items in `batches`, decoded by `workers` persistent processes.
+
+        One pass at a time per dataset object: a new pass takes over the workers of an unfinished one.
+        """
+        loader = self._dataloader(workers)
+        loader.batch_sampler.batches = [b.tolist() if torch.is_tensor(b) else b for b in batches]
+        for images, labels, unreadable in loader:
+            for paths in filter(None, unreadable):
+                for path in paths.split("\n"):
+                    self._report(path)
+            yield images, labels
+
+    def _dataloader(self, workers: int) -> torch.utils.data.DataLoader:
+        # One DataLoader for the dataset's life: its workers stay up from epoch to epoch (persistent_workers);
+        # each pass hands the sampler the pass's batches. It reads a copy of the dataset, which has no loader: a
+        # dataset <-> loader reference cycle would leave stopping the workers to the garbage collector, which may
+        # run it inside a freshly forked worker; without one they stop as soon as the dataset is dropped.
+        if self._loader is None or self._loader.num_workers != workers:
+            self._loader = torch.utils.data.DataLoader(
+                copy.copy(self), batch_sampler=_Batches(), num_workers=workers, collate_fn=_collate,
+                pin_memory=torch.cuda.is_available(), persistent_workers=workers > 0)
+        return self._loader
+
+    def _report(self, path: str) -> None:
+        if path not in self.unreadable:
+            self.unreadable.add(path)
+            warnings.warn(f"skipped unreadable image {path} ({len(self.unreadable)} so far in {self.root})",
+                          stacklevel=3)
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_loader": None}  # copies (copy.copy) and spawned workers get no loader
+
+    def sample(self, n: int, workers: int = 0) -> ArrayDataset:
+        """n images spread over the folder, decoded by `workers` processes, in memory: enough to estimate
+        normalisation statistics. Those counted out (label -1) are left out."""
+        index = torch.linspace(0, len(self) - 1, min(n, len(self))).long()
+        images, labels = map(torch.cat, zip(*self.load_batches(index.split(256), workers)))
+        readable = labels >= 0
+        return ArrayDataset(images[readable], labels[readable], self.classes)
+
+
+class _Batches:
+    """A batch sampler whose batches are set before each pass (so one DataLoader, one set of workers, serves all)."""
+
+    def __init__(self):
+        self.batches = []
+
+    def __iter__(self):
+        return iter(self.batches)
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+
+def _collate(items: list[tuple]) -> tuple:
+    images, labels, unreadable = zip(*items)
+    # Multi-scale views differ in size from image to image: they stay a list (of lists).
+    images = torch.stack(images) if isinstance(images[0], torch.Tensor) else list(images)
+    return images, torch.tensor(labels), list(unreadable)
+
+
+class FolderDataset(StreamedFolder):
+    """A streamed folder of images brought to one size: items are (uint8 (3, S, S) image, label, unreadable
+    paths met), each image resized (shorter side) and centre-cropped to S, with S = `image_size` or the first
+    image's width. Augmentation is not done here but on whole batches by the loader, exactly as for in-memory
+    data, so both paths train identically. An unreadable file is stood in for by the next readable one.
     """
 
     def __init__(self, root: str | Path, image_size: int | None = None):
-        self.root = Path(root)
-        self.paths, labels, self.classes = scan_folder(self.root)
-        self.labels = torch.tensor(labels)
-        self.size = image_size or self[0][0].shape[-1]
+        super().__init__(root)
+        self.size = image_size or self._first_readable(0)[0].shape[-1]
 
     @property
     def image_shape(self) -> tuple[int, int, int]:
         return 3, self.size, self.size
 
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
-        for offset in range(len(self.paths)):
-            i = (index + offset) % len(self.paths)
-            try:
-                image = _decode(self.paths[i])
-            except Exception:  # unreadable for whatever reason: substitute the next file, as documented above
-                warnings.warn(f"skipping unreadable image {self.paths[i]}", stacklevel=2)
-                continue
-            size = getattr(self, "size", None)  # unset only while __init__ reads the first image
-            if size and image.shape[-2:] != (size, size):
-                image = resize_center_crop(image, size, size)
-            return image, self.labels[i]
-        raise UserError(f"none of the image files under {self.root} could be read")
-
-    def subset(self, index: torch.Tensor) -> "FolderDataset":
-        part = copy.copy(self)
-        part.paths = [self.paths[i] for i in index.tolist()]
-        part.labels = self.labels[index]
-        return part
-
-    def load_batches(self, batches: list[torch.Tensor], workers: int = 0):
-        """(images, labels) for each index tensor in `batches`, decoded by `workers` processes in order."""
-        loader = torch.utils.data.DataLoader(self, batch_sampler=[b.tolist() for b in batches],
-                                             num_workers=workers, pin_memory=torch.cuda.is_available())
-        yield from loader
-
-    def sample(self, n: int, workers: int = 0) -> ArrayDataset:
-        """n images spread over the folder, in memory: enough to estimate normalisation statistics. Decoded in
-        this process whatever `workers`, so that the unreadable ones are reported here."""
-        index = torch.linspace(0, len(self) - 1, min(n, len(self))).long()
-        images, labels = zip(*(self[i] for i in index.tolist()))
-        return ArrayDataset(torch.stack(images), torch.stack(labels), self.classes)
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int, str]:
+        image, label, skipped = self._first_readable(index)
+        return resize_center_crop(image, self.size, self.size), label, skipped

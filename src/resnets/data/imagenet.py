@@ -8,15 +8,13 @@ protocol: the centre crop, ten crops, or the whole image at several scales.
 
 import copy
 import os
-import warnings
 
-import numpy as np
 import torch
 from torchvision.transforms.v2 import functional as TF
 
 from ..errors import UserError
 from .arrays import ArrayDataset
-from .folders import _decode, resize_center_crop, scan_folder
+from .folders import StreamedFolder, _decode, resize_center_crop
 
 # Krizhevsky et al. 2012 (Sec. 4.1): PCA of ImageNet's RGB pixel values (in [0, 1]); the constants of
 # fb.resnet.torch's Lighting transform, which the authors' released models were trained with.
@@ -55,51 +53,31 @@ def lighting(x: torch.Tensor, alpha: torch.Tensor, std: torch.Tensor) -> torch.T
     return x + (shift.to(x.device) / std.reshape(1, -1).to(x.device))[:, :, None, None]
 
 
-class ImageNetFolder(torch.utils.data.Dataset):
+class ImageNetFolder(StreamedFolder):
     """A root/<class>/<image> folder of images of any size, streamed from disk.
 
     Training crops crop x crop squares (see scale_crop_flip); evaluation resizes the shorter side to `resize` and
     takes the views of `protocol`: "center" (the centre crop), "10crop" (the four corners and the centre, and
     their mirror images) or "multiscale" (the whole image with its shorter side at each of `scales`).
 
-    An unreadable file is reported by path (a warning in the main process, once per file, with the running
-    count) and never ends a run: in training the next readable file stands in for it, so batches keep their
-    size; in evaluation it is counted out (label -1).
+    An unreadable file never ends a run: in training the next readable file stands in for it, so batches keep
+    their size; in evaluation it is counted out (label -1).
     """
 
     def __init__(self, root, crop: int, resize: int, protocol: str = "center", scales=PAPER_SCALES):
-        self.root = root
-        paths, labels, self.classes = scan_folder(root)
-        # Bytes in one numpy array, not a list of Path objects: workers forked from this process then share the
-        # pages instead of copying them (reading a Python object writes its reference count).
-        self.paths = np.array([os.fsencode(p) for p in paths])
-        self.labels = torch.tensor(labels)
+        super().__init__(root)
         self.crop, self.resize, self.protocol, self.scales = crop, resize, protocol, tuple(scales)
-        self.unreadable: set[str] = set()
-        self._loader = None
 
     @property
     def image_shape(self) -> tuple[int, int, int]:
         return 3, self.crop, self.crop
 
-    def __len__(self) -> int:
-        return len(self.paths)
-
     def __getitem__(self, item) -> tuple:
         """(image or views, label, unreadable paths met, "\\n"-joined) of an index or a training tuple."""
         if isinstance(item, tuple):
             index, *params = item
-            skipped = []
-            for offset in range(len(self)):
-                i = (index + offset) % len(self)
-                path = os.fsdecode(self.paths[i])
-                try:
-                    image = decode_rgb(path)
-                except Exception:  # whatever the reason, this file cannot be trained on: the next one stands in
-                    skipped.append(path)
-                    continue
-                return scale_crop_flip(image, self.crop, *params), int(self.labels[i]), "\n".join(skipped)
-            raise UserError(f"none of the image files under {self.root} could be read")
+            image, label, skipped = self._first_readable(index)
+            return scale_crop_flip(image, self.crop, *params), label, skipped
         path = os.fsdecode(self.paths[item])
         try:
             return self.views(decode_rgb(path)), int(self.labels[item]), ""
@@ -124,69 +102,6 @@ class ImageNetFolder(torch.utils.data.Dataset):
         part.protocol, part.scales = protocol, tuple(scales)
         return part
 
-    def subset(self, index: torch.Tensor) -> "ImageNetFolder":
-        part = copy.copy(self)
-        part.paths, part.labels = self.paths[index.numpy()], self.labels[index]
-        return part
-
-    def load_batches(self, batches: list, workers: int = 0):
-        """(images, labels) for each list of items in `batches`, decoded by `workers` persistent processes.
-
-        One pass at a time per dataset object: a new pass takes over the workers of an unfinished one.
-        """
-        loader = self._dataloader(workers)
-        loader.batch_sampler.batches = [b.tolist() if torch.is_tensor(b) else b for b in batches]
-        for images, labels, unreadable in loader:
-            for paths in filter(None, unreadable):
-                for path in paths.split("\n"):
-                    self._report(path)
-            yield images, labels
-
-    def _dataloader(self, workers: int) -> torch.utils.data.DataLoader:
-        # One DataLoader for the dataset's life: its workers stay up from epoch to epoch (persistent_workers);
-        # each pass hands the sampler the pass's batches. It reads a copy of the dataset, which has no loader: a
-        # dataset <-> loader reference cycle would leave stopping the workers to the garbage collector, which may
-        # run it inside a freshly forked worker; without one they stop as soon as the dataset is dropped.
-        if self._loader is None or self._loader.num_workers != workers:
-            self._loader = torch.utils.data.DataLoader(
-                copy.copy(self), batch_sampler=_Batches(), num_workers=workers, collate_fn=_collate,
-                pin_memory=torch.cuda.is_available(), persistent_workers=workers > 0)
-        return self._loader
-
-    def _report(self, path: str) -> None:
-        if path not in self.unreadable:
-            self.unreadable.add(path)
-            warnings.warn(f"skipped unreadable image {path} ({len(self.unreadable)} so far in {self.root})",
-                          stacklevel=3)
-
-    def __getstate__(self) -> dict:
-        return {**self.__dict__, "_loader": None}  # copies (copy.copy) and spawned workers get no loader
-
     def sample(self, n: int, workers: int = 0) -> ArrayDataset:
-        """n centre crops spread over the folder, decoded by `workers` processes, in memory: enough to estimate
-        normalisation statistics."""
-        index = torch.linspace(0, len(self) - 1, min(n, len(self))).long()
-        center = self.with_protocol("center")
-        images, labels = map(torch.cat, zip(*center.load_batches(index.split(256), workers)))
-        readable = labels >= 0
-        return ArrayDataset(images[readable], labels[readable], self.classes)
-
-
-class _Batches:
-    """A batch sampler whose batches are set before each pass (so one DataLoader, one set of workers, serves all)."""
-
-    def __init__(self):
-        self.batches = []
-
-    def __iter__(self):
-        return iter(self.batches)
-
-    def __len__(self) -> int:
-        return len(self.batches)
-
-
-def _collate(items: list[tuple]) -> tuple:
-    images, labels, unreadable = zip(*items)
-    # Multi-scale views differ in size from image to image: they stay a list (of lists).
-    images = torch.stack(images) if isinstance(images[0], torch.Tensor) else list(images)
-    return images, torch.tensor(labels), list(unreadable)
+        """n centre crops spread over the folder, whatever this object's protocol (see StreamedFolder.sample)."""
+        return StreamedFolder.sample(self.with_protocol("center"), n, workers)
