@@ -183,9 +183,11 @@ def test_folder_dataset_substitutes_unreadable(tmp_path):
     assert image.shape == (3, 32, 32) and image.dtype == torch.uint8
     assert unreadable == str(root / "c0" / "corrupt.jpg")
     # Decoded by a worker, reported by this process: once per file, however often it is drawn.
+    rng = torch.get_rng_state()
     with pytest.warns(UserWarning, match=r"skipped unreadable image .*corrupt\.jpg \(1 so far") as warned:
         (images, labels), = ds.load_batches([torch.tensor([bad, bad, 0])], workers=1)
     assert len(warned) == 1 and torch.equal(images[0], image) and labels.tolist() == [label, label, 0]
+    assert torch.equal(torch.get_rng_state(), rng)  # the training run's random stream is not the loader's
 
 
 # -------------------------------------------------------------------------------------------- splitting

@@ -287,10 +287,7 @@ def _save(run_dir, cfg, model, optimizer, scheduler, history, classes, preproces
 def _normalization(train_set, mode: str, workers: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(mean, std) for `normalize`: rank 0 estimates them (on 2,000 images spread over the folder when it is
     streamed, decoded by the workers) and sends them to the other ranks, which would only repeat its work."""
-    stats = None
-    if distributed.rank() == 0:
-        with torch.random.fork_rng(devices=[]):  # a DataLoader draws a seed; the run's random stream stays as is
-            stats = normalization_stats(train_set.sample(2000, workers), mode)
+    stats = normalization_stats(train_set.sample(2000, workers), mode) if distributed.rank() == 0 else None
     return distributed.broadcast_object(stats)
 
 

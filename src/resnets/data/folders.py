@@ -259,11 +259,13 @@ class StreamedFolder(torch.utils.data.Dataset):
         # One DataLoader for the dataset's life: its workers stay up from epoch to epoch (persistent_workers);
         # each pass hands the sampler the pass's batches. It reads a copy of the dataset, which has no loader: a
         # dataset <-> loader reference cycle would leave stopping the workers to the garbage collector, which may
-        # run it inside a freshly forked worker; without one they stop as soon as the dataset is dropped.
+        # run it inside a freshly forked worker; without one they stop as soon as the dataset is dropped. Its own
+        # generator: a DataLoader draws its workers' seed on every pass, and from the global one that would move
+        # the training run's random stream (dropout, resume) with the number of passes.
         if self._loader is None or self._loader.num_workers != workers:
             self._loader = torch.utils.data.DataLoader(
                 copy.copy(self), batch_sampler=_Batches(), num_workers=workers, collate_fn=_collate,
-                pin_memory=torch.cuda.is_available(), persistent_workers=workers > 0)
+                pin_memory=torch.cuda.is_available(), persistent_workers=workers > 0, generator=torch.Generator())
         return self._loader
 
     def _report(self, path: str) -> None:
