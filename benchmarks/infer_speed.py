@@ -312,10 +312,9 @@ def main() -> None:
                 results[name, batch] = run_cell(name, model, fp32, batch, 32, images, labels, calibration,
                                                 reference, args)
 
-    r = next(iter(results.values()))
     lines = ["", table(results, args), "",
-             (f"images/s: all images over all time in {args.rounds} rounds in which each predictor runs {r['calls']} call(s) "
-              "in turn (at least two; 32 images where the batch allows); warm-up (compilation included) "
+             (f"images/s: all images over all time in {args.rounds} rounds in which each predictor in turn runs "
+              f"calls of {args.images_per_slice} images in all (at least two calls); warm-up (compilation included) "
               "excluded and shown apart. 'CPU taken by others': share of the machine's CPU time used by other "
               "processes, or stolen by the hypervisor, while the cell was timed."), *notes,
              f"Machine: {machine()}.", f"Wall time: {time.perf_counter() - wall:.0f} s.", ""]
