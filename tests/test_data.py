@@ -156,8 +156,8 @@ def test_load_folder_cache_is_reused_and_invalidated(tmp_path, monkeypatch):
     root = make_image_folder(tmp_path / "imgs", classes=2, per_class=3, extras=True)
     cache = tmp_path / "cache"
     calls = []
-    decode = folders._decode
-    monkeypatch.setattr(folders, "_decode", lambda p: calls.append(p) or decode(p))
+    decode = folders.decode_rgb
+    monkeypatch.setattr(folders, "decode_rgb", lambda p: calls.append(p) or decode(p))
     with pytest.warns(UserWarning, match="skipped 1"):
         first = load_folder(root, cache_dir=cache)
     assert len(calls) == 10

@@ -13,7 +13,8 @@ from resnets import checkpoint, create_model
 from resnets.cli import main
 from resnets.config import ScheduleSection, load_config
 from resnets.data import ArrayDataset, BatchLoader, ImageNetFolder, normalize
-from resnets.data.imagenet import EIGVAL, EIGVEC, decode_rgb, lighting, scale_crop_flip
+from resnets.data.folders import decode_rgb
+from resnets.data.imagenet import EIGVAL, EIGVEC, lighting, scale_crop_flip
 from resnets.errors import UserError
 from resnets.evaluate import evaluate, image_scores
 from resnets.schedule import in_iterations, lr_factor, plateaus

@@ -11,7 +11,7 @@ from PIL import Image
 from resnets import checkpoint, create_model, load_model
 from resnets.cli import main
 from resnets.data import load_digits, normalize
-from resnets.data.folders import _decode, resize_center_crop, scan_folder
+from resnets.data.folders import decode_rgb, resize_center_crop, scan_folder
 from resnets.evaluate import evaluate
 from resnets.predict import predict, read_image
 from resnets.train import train
@@ -183,7 +183,7 @@ def test_colour_images_are_preprocessed_as_training_decoded_them(tmp_path):
     paths, _, _ = scan_folder(root)
     readable = [p for p in paths if p.name != "corrupt.jpg"]
     for path in readable:
-        assert torch.equal(read_image(path, 3), _decode(path)), path  # so both go through resize_center_crop alike
+        assert torch.equal(read_image(path, 3), decode_rgb(path)), path  # so both go through resize_center_crop alike
     # Colour preprocessing with resize > input size, random weights: every readable file gets a prediction.
     model = create_model("resnet20", num_classes=2).eval()
     pre = {"mean": torch.full((3, 1, 1), 0.5), "std": torch.full((3, 1, 1), 0.25), "input_size": 32, "resize": 36,

@@ -30,7 +30,7 @@ from resnets import checkpoint
 from resnets.cli import main
 from resnets.config import load_config
 from resnets.data import FolderDataset, load_train_val
-from resnets.data.folders import _decode
+from resnets.data.folders import decode_rgb
 from resnets.errors import UserError
 from resnets.predict import read_image
 from resnets.train import train
@@ -474,7 +474,7 @@ def test_16_bit_images_are_scaled_as_predict_scales_them(tmp_path):
     values = np.array([[0, 257, 32768, 65535]], dtype=np.uint16)
     for name in ("g16.png", "g16.tif"):  # torchvision decodes the PNG, Pillow the TIFF
         Image.fromarray(values).save(tmp_path / name)
-        decoded = _decode(tmp_path / name)
+        decoded = decode_rgb(tmp_path / name)
         assert decoded.dtype == torch.uint8 and decoded[0, 0].tolist() == [0, 1, 128, 255]
         assert torch.equal(decoded, read_image(tmp_path / name, 3))
 
@@ -553,7 +553,7 @@ def test_a_decompression_bomb_in_a_training_folder_is_skipped_before_it_is_decod
     Image.new("1", (8000, 8000)).save(bomb)
     assert bomb.stat().st_size < 100_000
     with pytest.raises(ValueError, match="8000x8000 pixels, over 50,000,000: refused as a possible decompression"):
-        _decode(bomb)
+        decode_rgb(bomb)
     with pytest.warns(UserWarning, match=f"skipped 1 unreadable image\\(s\\): {re.escape(str(bomb))}"):
         assert len(load_folder(tmp_path, image_size=8)) == 2
     views = ImageNetFolder(tmp_path, crop=8, resize=8)

@@ -72,8 +72,9 @@ def scan_folder(root: str | Path) -> tuple[list[Path], list[int], list[str]]:
     return paths, labels, classes
 
 
-def _decode(path: Path) -> torch.Tensor:
-    """(3, H, W) uint8 RGB of an image file; raises if it cannot be read or has more than MAX_PIXELS pixels."""
+def decode_rgb(path) -> torch.Tensor:
+    """(3, H, W) uint8 RGB of any image file torchvision or PIL reads (grey, CMYK, RGBA, palette, 16-bit); raises if
+    it cannot be read or has more than MAX_PIXELS pixels."""
     _refuse_bombs(path)
     try:
         image = decode_image(read_file(str(path)), mode=ImageReadMode.RGB)
@@ -125,7 +126,7 @@ def _decode_all(
                disable=None if len(paths) >= 1000 else True)
     for path, label in bar:
         try:
-            image = _decode(path)
+            image = decode_rgb(path)
         except Exception:  # any failure to decode one file means that file is unreadable, not that we stop
             skipped.append(str(path))
             continue
@@ -232,7 +233,7 @@ class StreamedFolder(torch.utils.data.Dataset):
             i = (index + offset) % len(self)
             path = os.fsdecode(self.paths[i])
             try:
-                return _decode(path), int(self.labels[i]), "\n".join(skipped)
+                return decode_rgb(path), int(self.labels[i]), "\n".join(skipped)
             except Exception:  # whatever the reason, this file cannot be used: the next one stands in
                 skipped.append(path)
         raise UserError(f"none of the image files under {self.root} could be read")

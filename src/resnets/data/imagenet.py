@@ -14,7 +14,7 @@ from torchvision.transforms.v2 import functional as TF
 
 from ..errors import UserError
 from .arrays import ArrayDataset
-from .folders import StreamedFolder, _decode, resize_center_crop
+from .folders import StreamedFolder, decode_rgb, resize_center_crop
 
 # Krizhevsky et al. 2012 (Sec. 4.1): PCA of ImageNet's RGB pixel values (in [0, 1]); the constants of
 # fb.resnet.torch's Lighting transform, which the authors' released models were trained with.
@@ -22,11 +22,6 @@ EIGVAL = torch.tensor([0.2175, 0.0188, 0.0045])
 EIGVEC = torch.tensor([[-0.5675, 0.7192, 0.4009], [-0.5808, -0.0045, -0.8140], [-0.5836, -0.6948, 0.4203]])
 PROTOCOLS = ("center", "10crop", "multiscale")
 PAPER_SCALES = (224, 256, 384, 480, 640)  # shorter sides of the paper's multi-scale testing
-
-
-def decode_rgb(path) -> torch.Tensor:
-    """(3, H, W) uint8 RGB of any image file torchvision or PIL reads (grey, CMYK, RGBA, palette, 16-bit)."""
-    return _decode(path)
 
 
 def scale_crop_flip(image: torch.Tensor, crop: int, side: int, u: float, v: float, mirror: bool) -> torch.Tensor:
