@@ -6,7 +6,7 @@ import json
 import pytest
 import torch
 
-from resnets import checkpoint, create_model, experiments
+from resnets import checkpoint, create_model, experiments, report
 from resnets.cli import main
 from resnets.data import load_digits
 from resnets.responses import layer_responses, three_by_three_bns
@@ -167,3 +167,41 @@ def test_an_epoch_schedule_is_finished_after_its_epochs_not_its_count_of_steps(t
     assert _state(run, cfg) == "interrupted"
     row = run_row(run)
     assert row["iterations"] < row["scheduled_iterations"] == 2 * row["iterations"]
+
+
+def test_table6_sets_each_resnet_beside_the_paper_with_its_legs(tmp_path, capsys):
+    out = tmp_path / "table6"
+    args = ["experiment", "table6", "--depths", "20", "--out", str(out), *TINY]
+    assert main(args) == 0
+    run = out / "resnet20-seed0"
+    # A second leg: the run interrupted after its first evaluation, then the same command again.
+    checkpoint.latest(run).unlink()
+    (run / "metrics.jsonl").write_text((run / "metrics.jsonl").read_text().splitlines()[0] + "\n")
+    assert main(args) == 0
+    assert "resnet20-seed0: interrupted" in capsys.readouterr().out
+    [row] = json.loads((out / "table6.json").read_text())
+    metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    # The trained network's parameters: ResNet-20 for the digits' one channel.
+    params = sum(p.numel() for p in create_model("resnet20", in_channels=1).parameters())
+    assert (row["network"], row["params"], row["iterations"], row["scheduled_iterations"]) == ("resnet20", params, 4, 4)
+    assert row["best_error"] == pytest.approx(100 * metrics[-1]["val_top1_error"])
+    assert row["paper_error"] == 8.75 and row["difference"] == pytest.approx(row["best_error"] - 8.75)
+    assert [(leg["from_iteration"], leg["to_iteration"]) for leg in row["legs"]] == [(0, 2), (2, 4)]
+    assert sum(leg["training_s"] for leg in row["legs"]) == pytest.approx(metrics[-1]["wall_s"])
+    assert all("cores" in leg["machine"] and ("fp32" in leg["machine"] or "bf16" in leg["machine"])
+               for leg in row["legs"])
+    text = (out / "table6.md").read_text()
+    assert f"| resnet20 | 0.27M | 4 of 4 | 1 | {row['best_error']:.2f} | 8.75 | {row['difference']:+.2f} |" in text
+    assert "| resnet20-seed0 | 2-4 |" in text
+    assert (out / "table6.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_a_run_from_before_legs_were_recorded_is_one_leg_on_an_unrecorded_machine(tmp_path):
+    metrics = [{"iteration": 2, "wall_s": 1.5}, {"iteration": 4, "wall_s": 4.0}]
+    assert report.legs(tmp_path, metrics) == [{"from_iteration": 0, "to_iteration": 4, "started": None,
+                                              "training_s": 4.0, "machine": "not recorded"}]
+
+
+def test_table6_refuses_a_depth_the_paper_did_not_train(capsys):
+    assert main(["experiment", "table6", "--depths", "26", *TINY]) == 2
+    assert "no ResNet-26" in capsys.readouterr().err

@@ -15,6 +15,7 @@ from .models import ResNet, ResNetConfig
 
 FORMAT = "resnets-checkpoint-1"
 NAME = re.compile(r"iter-(\d+)\.pt")
+LEGS = "legs.jsonl"  # one line per process that trained a run: from which iteration, when, on what machine
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 

@@ -64,20 +64,30 @@ def cmd_experiment(args) -> None:
     from . import experiments
 
     out = Path(args.out or f"runs/{args.experiment}")
-    val_split = args.val_split if args.val_split is not None else (5000 if args.family == "cifar10" else 0)
+    family = getattr(args, "family", "cifar10")  # table6 is CIFAR-10's
+    val_split = args.val_split if args.val_split is not None else (5000 if family == "cifar10" else 0)
     overrides = {"data.val_split": val_split, **dict(_split_overrides(args.overrides))}
     common = {"data": args.data, "schedule": args.schedule, "seeds": args.seeds, "overrides": overrides}
     if args.experiment == "degradation":
-        depths = args.depths or experiments.DEFAULT_DEPTHS[args.family]
-        runs = experiments.degradation_runs(args.family, depths, **common)
+        depths = args.depths or experiments.DEFAULT_DEPTHS[family]
+        runs = experiments.degradation_runs(family, depths, **common)
         title = f"plain vs residual on {args.data} ({args.schedule} schedule)"
+    elif args.experiment == "table6":
+        runs = experiments.table6_runs(args.depths or experiments.TABLE6_DEPTHS, **common)
+        title = f"Table 6: CIFAR-10 ResNets on {args.data} ({args.schedule} schedule)"
     else:
-        runs = experiments.shortcut_runs(args.family, args.network, args.options.split(","), **common)
+        runs = experiments.shortcut_runs(family, args.network, args.options.split(","), **common)
         title = f"{args.network}: shortcut options {args.options} on {args.data} ({args.schedule} schedule)"
     out.mkdir(parents=True, exist_ok=True)
     experiments.execute(runs, out)
-    table = experiments.write_outputs(args.experiment, runs, out, title)
-    print(experiments.markdown(table), end="")
+    if args.experiment == "table6":
+        table = experiments.table6(runs, out)
+        text = experiments.table6_markdown(table)
+    else:
+        table = experiments.summarize(runs)
+        text = experiments.markdown(table)
+    experiments.write_outputs(args.experiment, runs, out, title, table, text)
+    print(text, end="")
     print(f"wrote {out / args.experiment}.md, .json and .png")
 
 
@@ -208,17 +218,22 @@ def build_parser() -> argparse.ArgumentParser:
                                            "responses (Figure 7)")
     kinds = p.add_subparsers(dest="experiment", required=True, metavar="EXPERIMENT")
     for name, text in (("degradation", "plain and residual nets of several depths, same recipe and seed"),
-                       ("shortcuts", "shortcut options A, B and C on the same network and recipe")):
+                       ("shortcuts", "shortcut options A, B and C on the same network and recipe"),
+                       ("table6", "the CIFAR-10 ResNets of Table 6 with the paper's recipe, error beside the paper's")):
         e = kinds.add_parser(name, help=text, description=text)
         e.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="recipe overrides for every run")
         e.add_argument("--data", required=True, help="data.path of every run (CIFAR-10 archive or image folder)")
-        e.add_argument("--family", default="cifar10", choices=("cifar10", "imagenet"), help="recipe family")
+        if name != "table6":
+            e.add_argument("--family", default="cifar10", choices=("cifar10", "imagenet"), help="recipe family")
         e.add_argument("--schedule", default="paper", help="paper (the recipe's own) or cpu (2,000 iterations)")
         e.add_argument("--seeds", default="0", type=_integers(0), help="comma-separated seeds; > 1 gives mean ± std")
         e.add_argument("--val-split", type=int, help="held-out training images (default 5000 for cifar10)")
         e.add_argument("--out", help=f"experiment directory (default runs/{name})")
         if name == "degradation":
             e.add_argument("--depths", type=_integers(1), help="comma-separated depths (default 20,32,44,56; imagenet 18,34)")
+        elif name == "table6":
+            e.add_argument("--depths", type=_integers(1), help="comma-separated depths (default 20,32,44,56,110; "
+                                                               "1202 on request)")
         else:
             e.add_argument("--network", default="resnet32", help="the network (default resnet32)")
             e.add_argument("--options", default="A,B,C", help="shortcut options (default A,B,C)")

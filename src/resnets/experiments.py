@@ -1,4 +1,5 @@
-"""The paper's comparisons as commands: plain vs residual as depth grows (Figure 6), shortcut options (Table 3).
+"""The paper's comparisons as commands: plain vs residual as depth grows (Figure 6), shortcut options (Table 3),
+and the CIFAR-10 ResNets of Table 6 with the paper's recipe.
 
 An experiment is a list of runs, one recipe + overrides each, trained into `<out>/<run name>/`. A run that
 already finished is read back, an interrupted one is resumed, so re-running the command continues where it
@@ -13,7 +14,9 @@ from pathlib import Path
 from . import checkpoint
 from .config import Config, PaperSection, load_config
 from .errors import UserError
+from .models import ResNet, ResNetConfig
 from .plots import plot_comparison
+from .report import legs
 from .schedule import scheduled_steps
 
 # Named schedules. "paper" keeps the recipe's own (CIFAR-10: 64k iterations, lr / 10 at 32k and 48k).
@@ -29,6 +32,7 @@ SCHEDULES = {
             "schedule.warmup_factor": 0.1, "run.eval_every": 250},
 }
 DEFAULT_DEPTHS = {"cifar10": [20, 32, 44, 56], "imagenet": [18, 34]}
+TABLE6_DEPTHS = [20, 32, 44, 56, 110]  # and 1202 on request: days on a CPU
 # Table 3: ImageNet validation top-1 error (%, 10-crop testing) of ResNet-34 with each shortcut option.
 TABLE3 = {"A": 25.03, "B": 24.52, "C": 24.19}
 
@@ -76,6 +80,14 @@ def shortcut_runs(family: str, network: str, options: list[str], **kw) -> list[R
             run.cfg.paper = PaperSection(figure or 0.0, (
                 f"He et al. 2015, Table 3 (ImageNet val, 10-crop testing, ResNet-34 {option})" if figure else ""))
     return runs
+
+
+def table6_runs(depths: list[int], **kw) -> list[Run]:
+    """The CIFAR-10 ResNets of Table 6, each with its packaged paper recipe (Section 4.2)."""
+    unknown = [d for d in depths if d not in (20, 32, 44, 56, 110, 1202)]
+    if unknown:
+        raise UserError(f"Table 6 has no ResNet-{unknown[0]}; its depths are 20, 32, 44, 56, 110 and 1202")
+    return plan([(f"resnet{d}", "ResNets", f"cifar10/resnet{d}", {}) for d in depths], **kw)
 
 
 def execute(runs: list[Run], out: Path) -> None:
@@ -144,13 +156,67 @@ def markdown(table: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_outputs(name: str, runs: list[Run], out: Path, title: str) -> list[dict]:
-    """out/<name>.md, out/<name>.json and out/<name>.png; returns the table."""
-    table = summarize(runs)
-    (out / f"{name}.md").write_text(markdown(table))
+def table6(runs: list[Run], out: Path) -> list[dict]:
+    """Per network of Table 6: the held-out error in the paper's form (best, and mean ± std over seeds) beside the
+    paper's figure, its parameters, iterations and training time; and the legs of each of its runs."""
+    rows = {}
+    for run in runs:
+        if not run.metrics:
+            raise UserError(f"run {run.name} has no evaluations; give it more iterations than run.eval_every")
+        row = rows.setdefault(run.cfg.model.name, {"runs": [], "errors": [], "iterations": [], "training_s": 0.0,
+                                                   "legs": [], "paper": run.cfg.paper})
+        row["runs"].append(run.name)
+        row["errors"].append(100 * run.metrics[-1]["val_top1_error"])
+        row["iterations"].append(run.metrics[-1]["iteration"])
+        row["scheduled"] = run.cfg.schedule.iterations
+        row["training_s"] += run.metrics[-1]["wall_s"]
+        row["legs"] += [{"run": run.name, **leg} for leg in legs(out / run.name, run.metrics)]
+        row["config"] = checkpoint.load(checkpoint.latest(out / run.name))["model_config"]
+    table = []
+    for name, r in rows.items():
+        best, paper = min(r["errors"]), r["paper"].top1_error or None
+        table.append({
+            "network": name, "params": sum(p.numel() for p in ResNet(ResNetConfig(**r["config"])).parameters()),
+            "seeds": len(r["errors"]), "iterations": min(r["iterations"]), "scheduled_iterations": r["scheduled"],
+            "best_error": best, "mean_error": statistics.mean(r["errors"]), "error_std": _std(r["errors"]),
+            "paper_error": paper, "difference": best - paper if paper else None, "paper_source": r["paper"].source,
+            "training_s": r["training_s"], "legs": r["legs"],
+        })
+    return table
+
+
+def table6_markdown(table: list[dict]) -> str:
+    lines = ["| network | params | iterations | seeds | held-out error (%) | paper (%) | difference | training time |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in table:
+        ours = f"{r['best_error']:.2f}" + (f" ({r['mean_error']:.2f} ± {r['error_std']:.2f})" if r["seeds"] > 1 else "")
+        paper = f"{r['paper_error']:.2f}" if r["paper_error"] else "—"
+        diff = f"{r['difference']:+.2f}" if r["difference"] is not None else "—"
+        lines.append(f"| {r['network']} | {r['params'] / 1e6:.2f}M | {r['iterations']} of {r['scheduled_iterations']} "
+                     f"| {r['seeds']} | {ours} | {paper} | {diff} | {_hours(r['training_s'])} |")
+    lines += ["", ("With several seeds the error is given as the paper gives it: best (mean ± std). Training time: "
+                   "the steps between evaluations, summed over legs and seeds (no start-up, no evaluation)."), ""]
+    if any(r["iterations"] < r["scheduled_iterations"] for r in table):
+        lines += ["Rows short of their scheduled iterations are unfinished: their errors are not the recipe's.", ""]
+    lines += ["Legs (one per process that trained a run):", "",
+              "| run | iterations | training time | started | machine |", "|---|---:|---:|---|---|"]
+    for r in table:
+        for leg in r["legs"]:
+            lines.append(f"| {leg['run']} | {leg['from_iteration']}-{leg['to_iteration']} | "
+                         f"{_hours(leg['training_s'])} | {leg['started'] or '—'} | {leg['machine']} |")
+    return "\n".join(lines) + "\n"
+
+
+def _hours(seconds: float) -> str:
+    return f"{seconds / 3600:.2f} h" if seconds >= 3600 else f"{seconds / 60:.1f} min"
+
+
+def write_outputs(name: str, runs: list[Run], out: Path, title: str, table: list[dict], text: str) -> None:
+    """out/<name>.md (`text`), out/<name>.json (`table`) and out/<name>.png (the runs' curves, one panel per
+    group)."""
+    (out / f"{name}.md").write_text(text)
     (out / f"{name}.json").write_text(json.dumps(table, indent=1) + "\n")
     groups = {}
     for run in runs:
         groups.setdefault(run.group, []).append((run.name, run.metrics))
     plot_comparison(groups, out / f"{name}.png", title)
-    return table

@@ -3,6 +3,7 @@
 import json
 from pathlib import Path
 
+from .checkpoint import LEGS
 from .config import load_config
 from .errors import UserError
 from .schedule import scheduled_steps
@@ -60,3 +61,23 @@ def markdown(rows: list[dict]) -> str:
         notes.append("The paper's CIFAR-10 figures are on the test set; ours on held-out training images are "
                      "estimates of the same quantity, not the same measurement.")
     return "\n".join(lines) + "\n" + "".join(f"\n{n}" for n in notes) + ("\n" if notes else "")
+
+
+def legs(run_dir: Path, metrics: list[dict]) -> list[dict]:
+    """Each leg of a run (a process that trained it, from legs.jsonl) up to its last evaluation: iterations,
+    training time (wall_s, evaluation and start-up not counted) and machine. A run with no legs.jsonl (trained
+    before it was written) is one leg on a machine not recorded."""
+    path = run_dir / LEGS
+    recorded = ([json.loads(line) for line in path.read_text().splitlines()] if path.is_file()
+                else [{"from_iteration": 0, "started": None, "machine": "not recorded"}])
+    rows = []
+    for leg, following in zip(recorded, [*recorded[1:], None]):
+        start = leg["from_iteration"]
+        end = following["from_iteration"] if following else float("inf")
+        lines = [m for m in metrics if start < m["iteration"] <= end]
+        if lines:
+            before = [m["wall_s"] for m in metrics if m["iteration"] <= start]
+            rows.append({"from_iteration": start, "to_iteration": lines[-1]["iteration"], "started": leg["started"],
+                         "training_s": lines[-1]["wall_s"] - (before[-1] if before else 0.0),
+                         "machine": leg["machine"]})
+    return rows

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from . import checkpoint, distributed
+from . import checkpoint, distributed, hardware
 from .config import Config, load_config
 from .data import BatchLoader, default_workers, lighting, load_train_val, normalization_stats, normalize
 from .errors import UserError
@@ -44,6 +44,16 @@ def pick_device(name: str) -> torch.device:
         return torch.device(name)
     except RuntimeError:
         raise UserError(f"unknown device {name!r}; use auto, cpu, cuda or cuda:N") from None
+
+
+def precision_reason(precision: str, device: torch.device) -> str:
+    """Why use_bf16 decided as it did, for the line a run starts with."""
+    if precision != "auto":
+        return f"run.precision={precision}"
+    if device.type == "cuda":
+        return "the GPU " + ("does" if torch.cuda.is_bf16_supported() else "does not do") + " bf16"
+    native = [flag for flag in hardware.isa_flags() if flag in ("amx_tile", "avx512_bf16")]
+    return f"native bf16: {', '.join(native)}" if native else "no native bf16 on this CPU"
 
 
 def use_bf16(precision: str, device: torch.device) -> bool:
@@ -106,6 +116,9 @@ def _train(cfg: Config, run_dir: Path, resume: bool) -> dict:
         preprocessing = {"mean": mean, "std": std, "input_size": size,
                          "resize": (cfg.data.resize or size) if cfg.data.crop else size, "in_channels": in_channels}
     mean, std = preprocessing["mean"].to(device), preprocessing["std"].to(device)
+    machine = (f"{hardware.describe(device)}: {'bf16 autocast' if bf16 else 'fp32'} "
+               f"({precision_reason(cfg.run.precision, device)}), {'channels_last' if cfg.run.channels_last else 'NCHW'}"
+               f", {torch.get_num_threads() if device.type == 'cpu' else 1} thread(s) x {world} process(es)")
     tensorboard = _tensorboard(run_dir) if cfg.run.tensorboard and main else None
     metrics_file = run_dir / "metrics.jsonl"
     if main:
@@ -113,6 +126,7 @@ def _train(cfg: Config, run_dir: Path, resume: bool) -> dict:
             if not resume:
                 _write_text(run_dir / "config.toml", tomli_w.dumps(cfg.to_dict()))
             _write_metrics(history, metrics_file, None)  # drops lines past the checkpoint
+            _record_leg(run_dir, iteration, machine)
     # DDP averages the gradients over the processes in backward (and starts from rank 0's weights).
     step_model = DistributedDataParallel(model) if world > 1 else model
     step_model = torch.compile(step_model) if cfg.run.compile else step_model
@@ -121,8 +135,7 @@ def _train(cfg: Config, run_dir: Path, resume: bool) -> dict:
     if main:
         print(f"training {cfg.model.name} on {len(train_set)} images ({len(train_set.classes)} classes), validating "
               f"on {len(val_set)}; {total} iterations of {cfg.optim.batch_size}"
-              f"{f' x {world} processes' if world > 1 else ''} on {device}{' in bf16' if bf16 else ''}; run "
-              f"directory {run_dir}")
+              f"{f' x {world} processes' if world > 1 else ''}; run directory {run_dir}\n{machine}")
     model.train()
     meter = Meter()
     while iteration < total:
@@ -238,6 +251,16 @@ def _writes(run_dir: Path):
 
 def _write_text(path: Path, text: str) -> None:
     checkpoint.write_atomic(path, lambda f: f.write(text.encode()))
+
+
+def _record_leg(run_dir: Path, iteration: int, machine: str) -> None:
+    """legs.jsonl gains a line for this process's leg of the run: where it starts and on what machine. Legs that
+    started at or after this one's iteration saved nothing (their work is redone now) and are dropped."""
+    path = run_dir / checkpoint.LEGS
+    legs = [json.loads(line) for line in path.read_text().splitlines()] if path.is_file() else []
+    legs = [leg for leg in legs if leg["from_iteration"] < iteration]
+    legs.append({"from_iteration": iteration, "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "machine": machine})
+    _write_text(path, "".join(json.dumps(leg) + "\n" for leg in legs))
 
 
 def _tensorboard(run_dir: Path):
