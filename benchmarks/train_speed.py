@@ -35,7 +35,8 @@ from torchvision import transforms
 import resnets
 from resnets.config import list_recipes, load_config
 from resnets.data import ArrayDataset, scan_folder, split_validation
-from resnets.train import train, use_bf16
+from resnets.hardware import use_bf16
+from resnets.train import train
 
 REPO = Path(__file__).resolve().parents[1]
 ARCHIVE = REPO.parent / "shared" / "datasets" / "cifar10-jpg-train.tar.gz"

@@ -8,11 +8,12 @@ import pytest
 import torch
 from PIL import Image
 
-from resnets import checkpoint, create_model, load_model
+from resnets import checkpoint, create_model, hardware, load_model
 from resnets.cli import main
 from resnets.data import load_digits, normalize
 from resnets.data.folders import decode_rgb, resize_center_crop, scan_folder
 from resnets.evaluate import evaluate
+from resnets.inference import auto_mode
 from resnets.predict import predict, read_image
 from resnets.train import train
 
@@ -64,7 +65,8 @@ def test_predictions_are_the_evaluation_paths(run, digits, capsys):
     pre = info["preprocessing"]
     assert pre["mean"].shape == (1, 8, 8) and pre["resize"] == 8  # the paper's per-pixel mean, as trained
     capsys.readouterr()
-    assert main(["predict", str(run), str(paths[0].parent), "--json", "--top-k", "10", "--batch-size", "16"]) == 0
+    assert main(["predict", str(run), str(paths[0].parent), "--json", "--top-k", "10", "--batch-size", "16",
+                 "--mode", "fp32"]) == 0
     lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert [r["path"] for r in lines] == [str(p) for p in paths]
     with torch.no_grad():
@@ -100,8 +102,17 @@ def test_fast_modes_give_the_fp32_probabilities(run, digits, capsys):
     torch.testing.assert_close(probabilities("folded"), fp32, rtol=0, atol=1e-5)
     for mode in ("bf16", "compiled"):
         torch.testing.assert_close(probabilities(mode), fp32, rtol=0, atol=0.02)
+    # The default, auto, is the mode this machine does natively, exactly.
+    assert torch.equal(probabilities("auto"), probabilities(auto_mode(torch.device("cpu"))))
     with pytest.raises(SystemExit):  # int8 needs calibration images, which predict does not take
         main(["predict", str(run), str(paths[0]), "--mode", "int8"])
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_auto_mode_runs_bf16_only_where_the_cpu_multiplies_bf16(monkeypatch, native):
+    """On an AVX2-only CPU emulated bf16 is several times slower than fp32: auto must not pick it there."""
+    monkeypatch.setattr(hardware, "native_bf16_cpu", lambda: native)
+    assert auto_mode(torch.device("cpu")) == ("bf16" if native else "folded")
 
 
 def test_bad_files_are_one_line_errors_and_the_rest_is_classified(run, tmp_path, capsys):
@@ -188,7 +199,8 @@ def test_colour_images_are_preprocessed_as_training_decoded_them(tmp_path):
     model = create_model("resnet20", num_classes=2).eval()
     pre = {"mean": torch.full((3, 1, 1), 0.5), "std": torch.full((3, 1, 1), 0.25), "input_size": 32, "resize": 36,
            "in_channels": 3}
-    results = list(predict(model, {"classes": ["a", "b"], "preprocessing": pre}, paths, top_k=1, batch_size=4))
+    results = list(predict(model, {"classes": ["a", "b"], "preprocessing": pre}, paths, top_k=1, batch_size=4,
+                           mode="fp32"))
     assert [r["path"] for r in results if "top" in r] == [str(p) for p in readable]
     with torch.no_grad():
         x = normalize(torch.stack([resize_center_crop(read_image(p, 3), 36, 32) for p in readable]), pre["mean"], pre["std"])

@@ -44,8 +44,10 @@ def test_cosine_and_onecycle_with_linear_warmup():
 
 @pytest.mark.parametrize("recipe", list_recipes())
 def test_every_recipe_loads(recipe):
+    """Every packaged recipe resolves to a buildable network and says what the paper reports for it, if anything."""
     cfg = load_config(recipe, {"data.path": "somewhere"})
-    assert cfg.model_config(10, 3).num_classes == 10
+    assert cfg.model_config(10, 3).num_classes == 10 and cfg.model.name in recipe
+    assert (cfg.paper.top1_error > 0) == bool(cfg.paper.source)
 
 
 def test_table6_recipes_are_the_papers():
@@ -141,8 +143,9 @@ def test_resume_refuses_a_different_config(tmp_path):
 
 
 def test_bf16_and_channels_last_train_like_fp32(tmp_path):
-    """The fast path (bf16 autocast + channels_last) against plain fp32 NCHW after the same 24 steps."""
-    fast = train(tiny(), tmp_path / "fast")
+    """The fast path (bf16 autocast + channels_last) against plain fp32 NCHW after the same 24 steps. Forced,
+    not `auto`: on a CPU without native bf16, auto trains in fp32 and this would compare fp32 with itself."""
+    fast = train(tiny(**{"run.precision": "bf16"}), tmp_path / "fast")
     plain = train(tiny(**{"run.precision": "fp32", "run.channels_last": False}), tmp_path / "plain")
     # Rounding differs from the first step on, so runs drift apart; both must learn as well (within 5 points).
     assert abs(fast["val_top1_error"] - plain["val_top1_error"]) <= 0.05
@@ -163,6 +166,7 @@ def test_fast_forward_paths_match_fp32_eager():
     torch.testing.assert_close(cl, reference, rtol=1e-4, atol=1e-4)  # same math, other memory order
     # bf16 keeps 8 bits of mantissa: logits within 5% of their spread, and the same top-1 on most inputs.
     assert (bf16 - reference).abs().max() <= 0.05 * reference.abs().max()
+    assert (bf16.argmax(1) == reference.argmax(1)).float().mean() >= 0.8  # measured 16 of 16
 
 
 def test_compiled_model_matches_eager(tmp_path):

@@ -129,7 +129,7 @@ def cmd_eval(args) -> None:
     from .data.imagenet import PAPER_SCALES
     from .evaluate import evaluate
     from .export import load_model
-    from .train import pick_device, use_bf16
+    from .hardware import pick_device, use_bf16
 
     protocols = args.protocol.split(",")
     device = distributed.setup(pick_device(args.device))  # under torchrun each process scores its share
@@ -166,8 +166,8 @@ def cmd_eval(args) -> None:
 
 def cmd_predict(args) -> int:
     from .export import load_model
+    from .hardware import pick_device
     from .predict import MAX_PIXELS, image_files, predict
-    from .train import pick_device
 
     model, info = load_model(args.checkpoint, pick_device(args.device))
     files = image_files(args.inputs)
@@ -272,9 +272,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--max-pixels", type=int, metavar="N",
                    help="refuse images of more pixels as possible decompression bombs (default 50 million)")
-    p.add_argument("--mode", default="fp32", choices=("fp32", "folded", "bf16", "compiled"),
-                   help="how the network runs (docs/INFERENCE.md): fp32 (default), BN folded, bf16, or bf16 "
-                        "compiled (fastest for many images; compiles first, tens of seconds)")
+    p.add_argument("--mode", default="auto", choices=("auto", "fp32", "folded", "bf16", "compiled"),
+                   help="how the network runs (docs/INFERENCE.md): auto (default: bf16 where the hardware does bf16, "
+                        "else BN folded fp32), fp32, folded, bf16, or bf16 compiled (fastest for many images; "
+                        "compiles first, tens of seconds)")
     p.add_argument("--device", default="auto")
     p.set_defaults(func=cmd_predict)
 

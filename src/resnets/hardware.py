@@ -1,4 +1,5 @@
-"""What this machine is, in one line: for the training log, a run's record of its legs, and benchmark tables.
+"""What this machine is and what it does fast: the device and precision every job picks, and the one line that
+says so in the training log, a run's record of its legs and benchmark tables.
 
 Speed depends on the CPU's vector units far more than on its name: native bf16 (AMX tiles on Intel Xeons,
 AVX512-BF16 on AMD Zen 4 and some Xeons) against AVX2-only CPUs such as AMD Zen 3. Every speed figure we
@@ -10,6 +11,8 @@ import platform
 from functools import cache
 
 import torch
+
+from .errors import UserError
 
 ISA_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_tile")
 
@@ -42,3 +45,38 @@ def describe(device: torch.device | None = None) -> str:
         return torch.cuda.get_device_name(device)
     flags = " ".join(isa_flags()) or "no avx2"
     return f"{cpu_model()} ({flags}), {os.cpu_count()} cores"
+
+
+def native_bf16_cpu() -> bool:
+    """The CPU multiplies bf16 in hardware (AMX tiles or AVX512-BF16); elsewhere bf16 is emulated and slow."""
+    return torch.cpu._is_amx_tile_supported() or torch.cpu._is_avx512_bf16_supported()
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"run.device={name} but no CUDA device is available; use run.device=cpu")
+    try:
+        return torch.device(name)
+    except RuntimeError:
+        raise UserError(f"unknown device {name!r}; use auto, cpu, cuda or cuda:N") from None
+
+
+def precision_reason(precision: str, device: torch.device) -> str:
+    """Why use_bf16 decided as it did, for the line a run starts with."""
+    if precision != "auto":
+        return f"run.precision={precision}"
+    if device.type == "cuda":
+        return "the GPU " + ("does" if torch.cuda.is_bf16_supported() else "does not do") + " bf16"
+    native = [flag for flag in isa_flags() if flag in ("amx_tile", "avx512_bf16")]
+    return f"native bf16: {', '.join(native)}" if native else "no native bf16 on this CPU"
+
+
+def use_bf16(precision: str, device: torch.device) -> bool:
+    """bf16 autocast where the hardware does bf16 natively: AMX / AVX512-BF16 CPUs and recent GPUs."""
+    if precision != "auto":
+        return precision == "bf16"
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    return native_bf16_cpu()

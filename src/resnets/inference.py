@@ -31,6 +31,7 @@ from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from .errors import UserError
+from .hardware import use_bf16
 from .models.resnet import ResNet
 
 Mode = Literal["fp32", "folded", "bf16", "compiled", "int8"]
@@ -172,6 +173,13 @@ def quantize_int8(model: ResNet, calibration: Iterable[torch.Tensor],
     converted = convert_pt2e(prepared)
     move_exported_model_to_eval(converted)
     return converted
+
+
+def auto_mode(device: torch.device) -> str:
+    """The fastest mode that needs neither compilation nor calibration and runs natively on `device`: bf16 where
+    the hardware multiplies bf16 (AMX, AVX512-BF16, recent GPUs), folded fp32 elsewhere -- on an AVX2-only EPYC,
+    emulated bf16 ran resnet50 five times slower than fp32 (docs/SPEED.md)."""
+    return "bf16" if use_bf16("auto", device) else "folded"
 
 
 def prepare(model: ResNet, mode: Mode = "fp32", calibration: Iterable[torch.Tensor] | None = None,

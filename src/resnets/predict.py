@@ -17,7 +17,7 @@ from PIL import Image, UnidentifiedImageError
 from .data import normalize
 from .data.folders import IMAGE_EXTENSIONS, MAX_PIXELS, resize_center_crop, to_mode
 from .errors import UserError
-from .inference import prepare
+from .inference import auto_mode, prepare
 
 
 class ImageError(Exception):
@@ -79,12 +79,12 @@ def read_image(path: str | Path, channels: int, max_pixels: int = MAX_PIXELS) ->
 
 
 def predict(model, info: dict, paths: list[Path], top_k: int = 5, batch_size: int = 64,
-            max_pixels: int = MAX_PIXELS, mode: str = "fp32") -> Iterator[dict]:
+            max_pixels: int = MAX_PIXELS, mode: str = "auto") -> Iterator[dict]:
     """For each path, in order: {"path", "top": [{"class", "probability"}, ...] best first} or {"path", "error"}.
 
     `model` and `info` as `resnets.load_model` returns them; files are decoded and classified `batch_size`
-    at a time on the model's device, run as `resnets.inference.prepare(model, mode)` runs them (int8 needs
-    calibration images, so it is not offered here).
+    at a time on the model's device, run as `resnets.inference.prepare(model, mode)` runs them; "auto" is
+    `resnets.inference.auto_mode` of the device (int8 needs calibration images, so it is not offered here).
     """
     if top_k < 1 or batch_size < 1:
         raise UserError(f"top-k and batch size must be at least 1, not {top_k} and {batch_size}")
@@ -92,6 +92,7 @@ def predict(model, info: dict, paths: list[Path], top_k: int = 5, batch_size: in
         raise UserError("int8 needs calibration images: use resnets.inference.prepare(model, 'int8', calibration)")
     pre, classes = info["preprocessing"], info["classes"]
     device = next(model.parameters()).device
+    mode = auto_mode(device) if mode == "auto" else mode
     run = prepare(model, mode)
     for start in range(0, len(paths), batch_size):
         results, images = [], []

@@ -35,36 +35,6 @@ from .plots import plot_curves
 from .schedule import in_iterations, lr_factor
 
 
-def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError(f"run.device={name} but no CUDA device is available; use run.device=cpu")
-    try:
-        return torch.device(name)
-    except RuntimeError:
-        raise UserError(f"unknown device {name!r}; use auto, cpu, cuda or cuda:N") from None
-
-
-def precision_reason(precision: str, device: torch.device) -> str:
-    """Why use_bf16 decided as it did, for the line a run starts with."""
-    if precision != "auto":
-        return f"run.precision={precision}"
-    if device.type == "cuda":
-        return "the GPU " + ("does" if torch.cuda.is_bf16_supported() else "does not do") + " bf16"
-    native = [flag for flag in hardware.isa_flags() if flag in ("amx_tile", "avx512_bf16")]
-    return f"native bf16: {', '.join(native)}" if native else "no native bf16 on this CPU"
-
-
-def use_bf16(precision: str, device: torch.device) -> bool:
-    """bf16 autocast where the hardware does bf16 natively: AMX / AVX512-BF16 CPUs and recent GPUs."""
-    if precision != "auto":
-        return precision == "bf16"
-    if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
-    return torch.cpu._is_amx_tile_supported() or torch.cpu._is_avx512_bf16_supported()
-
-
 def train(cfg: Config, run_dir: Path, resume: bool = False) -> dict:
     """Train as `cfg` says, writing into `run_dir` (refused while another run writes there); returns the last
     evaluation's metrics."""
@@ -76,10 +46,10 @@ def train(cfg: Config, run_dir: Path, resume: bool = False) -> dict:
 
 def _train(cfg: Config, run_dir: Path, resume: bool) -> dict:
     torch.manual_seed(cfg.run.seed)
-    device = distributed.setup(pick_device(cfg.run.device))  # under torchrun: this process's GPU, or the CPU
+    device = distributed.setup(hardware.pick_device(cfg.run.device))  # under torchrun: this process's GPU, or the CPU
     rank, world = distributed.rank(), distributed.world_size()
     main = rank == 0  # the one process that writes files and prints
-    bf16 = use_bf16(cfg.run.precision, device)
+    bf16 = hardware.use_bf16(cfg.run.precision, device)
 
     train_set, val_set = load_train_val(cfg.data)
     workers = default_workers(cfg.data.workers)
@@ -117,7 +87,7 @@ def _train(cfg: Config, run_dir: Path, resume: bool) -> dict:
                          "resize": (cfg.data.resize or size) if cfg.data.crop else size, "in_channels": in_channels}
     mean, std = preprocessing["mean"].to(device), preprocessing["std"].to(device)
     machine = (f"{hardware.describe(device)}: {'bf16 autocast' if bf16 else 'fp32'} "
-               f"({precision_reason(cfg.run.precision, device)}), {'channels_last' if cfg.run.channels_last else 'NCHW'}"
+               f"({hardware.precision_reason(cfg.run.precision, device)}), {'channels_last' if cfg.run.channels_last else 'NCHW'}"
                f", {torch.get_num_threads() if device.type == 'cpu' else 1} thread(s) x {world} process(es)")
     tensorboard = _tensorboard(run_dir) if cfg.run.tensorboard and main else None
     metrics_file = run_dir / "metrics.jsonl"
