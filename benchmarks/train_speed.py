@@ -1,24 +1,31 @@
 #!/usr/bin/env python
-"""Training speed on this CPU: the usual reference-script baseline against the resnets engine.
+"""Training speed on this CPU: the usual reference-script baseline against variants of the resnets engine.
 
 (a) baseline: what a user of pytorch/examples or the torchvision references gets -- torchvision ImageFolder,
     per-image PIL transforms (RandomCrop(32, padding=4), RandomHorizontalFlip, ToTensor, Normalize) in a
     DataLoader with 2 workers, the model in eager fp32 NCHW, a plain SGD loop.
-(b) ours: `resnets.train.train()` running the packaged paper recipe (cifar10/<net>) with its defaults, only
-    the length and the 45k/5k split set: images decoded once into memory, batched augmentation in the main
-    process, bf16 autocast where the CPU has it, channels_last.
+(b) the engine: `resnets train` running the packaged paper recipe (cifar10/<net>) as a user runs it, in its own
+    process, with only the length and the 45k/5k split set -- plus any --variant: config overrides, environment
+    settings (threads, allocator), N processes under torchrun (the paper's "mini-batch size of 128 on two
+    GPUs": each process takes 128/N images at lr 0.1/N, so the total is the recipe's), or another install's
+    Python (--engine-python: the engine as of an older commit).
 
-Both train the same network (`resnets.create_model`) on the same 45k CIFAR-10 images, batch 128, and are
-validated on the same 5k held-out images. Prints a markdown table and, last, one JSON line with the
-speed-ups (ours / baseline) and held-out errors.
+Both train the same network (`resnets.create_model`) on the same 45k CIFAR-10 images, batch 128. A cell is a
+whole run of --iterations steps, timed as a user's run is: from the first step to the last (start-up included,
+decoding the images and the one evaluation at the end not); --rounds rounds, each running every pipeline once
+in turn, so that load from other processes falls on all of them alike. Prints a markdown table (median and
+range of the rounds, ratio against the baseline and against the engine's defaults, the share of the CPU other
+processes took) and, last, one JSON line. --accuracy-iterations trains the baseline and the default engine on
+a short schedule and sets their held-out errors side by side.
 
-    python benchmarks/train_speed.py --data /tmp/cifar10jpg/train
+    python benchmarks/train_speed.py --data /tmp/cifar10jpg/train --variant "fp32=run.precision=fp32"
 """
 
 import argparse
 import json
 import os
-import platform
+import shlex
+import subprocess
 import sys
 import tarfile
 import tempfile
@@ -33,10 +40,8 @@ from torch.utils.data import DataLoader, Subset
 from torchvision import transforms
 
 import resnets
-from resnets.config import list_recipes, load_config
+from resnets import hardware
 from resnets.data import ArrayDataset, scan_folder, split_validation
-from resnets.hardware import use_bf16
-from resnets.train import train
 
 REPO = Path(__file__).resolve().parents[1]
 ARCHIVE = REPO.parent / "shared" / "datasets" / "cifar10-jpg-train.tar.gz"
@@ -45,6 +50,7 @@ NETWORKS = ("resnet20", "resnet56")
 BATCH, VAL_IMAGES = 128, 5000
 # The per-channel CIFAR-10 statistics the reference scripts hard-code.
 CIFAR_MEAN, CIFAR_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
+DEFAULTS = "ours"  # the label of the engine with its defaults
 
 
 def say(text: str) -> None:
@@ -100,29 +106,29 @@ def baseline_loader(root: Path, indices: list[int], train: bool) -> DataLoader:
     return DataLoader(ds, batch_size=500, num_workers=2)
 
 
-def baseline_train(name: str, root: Path, train_idx: list[int], iterations: int, warmup: int, chunk: int,
-                   milestones: list[int] = ()) -> tuple[torch.nn.Module, list[float]]:
-    """(model, images/s of each `chunk` iterations after the first `warmup`); the clock starts after the
-    warm-up steps, so with warmup > 0 the workers' start-up and the first (slow) steps are excluded."""
+def baseline_train(name: str, root: Path, train_idx: list[int], iterations: int,
+                   milestones: list[int] = ()) -> tuple[torch.nn.Module, float]:
+    """(model, images/s of the whole run, the workers' start-up included as a user's run includes it)."""
     torch.manual_seed(0)
     model = resnets.create_model(name, num_classes=10)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4)
     scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, list(milestones), gamma=0.1)
     loader = baseline_loader(root, train_idx, train=True)
     model.train()
-    times = [time.perf_counter()]  # times[k]: when step k finished (times[0]: the start)
-    while len(times) <= iterations:
+    start, done = time.perf_counter(), 0
+    while done < iterations:
         for x, y in loader:
             loss = F.cross_entropy(model(x), y)
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
             scheduler.step()
-            times.append(time.perf_counter())
-            if len(times) > iterations:
+            done += 1
+            if done == iterations:
                 break
+    rate = iterations * BATCH / (time.perf_counter() - start)
     del loader  # shuts the persistent workers down before the next measurement
-    return model, [chunk * BATCH / (times[k + chunk] - times[k]) for k in range(warmup, iterations, chunk)]
+    return model, rate
 
 
 @torch.no_grad()
@@ -135,25 +141,52 @@ def baseline_error(model: torch.nn.Module, root: Path, val_idx: list[int]) -> fl
     return wrong / total
 
 
-# ------------------------------------------------------------------------------------------------- ours
+# ---------------------------------------------------------------------------------------------- engine
 
 
-def engine_config(name: str, root: Path, iterations: int, eval_every: int, milestones: list[int] | None = None):
-    """The packaged paper recipe as a user runs it; only the data, the run's length and the split are set."""
-    recipe = f"cifar10/{name}"
-    overrides = {"model.name": name, "data.path": str(root), "data.val_split": VAL_IMAGES,
-                 "schedule.iterations": iterations, "run.eval_every": eval_every}
+def parse_variant(text: str) -> dict:
+    """"LABEL=TOKENS": KEY=VALUE config overrides, env:NAME=VALUE, procs:N (torchrun, N processes)."""
+    label, sep, tokens = text.partition("=")
+    if not sep or not label:
+        raise SystemExit(f"--variant wants LABEL=TOKENS, got {text!r}")
+    variant = {"label": label, "overrides": [], "env": {}, "procs": 1, "python": sys.executable}
+    for token in shlex.split(tokens):
+        if token.startswith("env:"):
+            key, _, value = token[4:].partition("=")
+            variant["env"][key] = value
+        elif token.startswith("procs:"):
+            variant["procs"] = int(token[6:])
+        else:
+            variant["overrides"].append(token)
+    return variant
+
+
+def engine_command(variant: dict, name: str, root: Path, iterations: int, milestones: list[int] | None,
+                   run_dir: Path) -> list[str]:
+    n = variant["procs"]
+    settings = [f"data.path={root}", f"data.val_split={VAL_IMAGES}", f"schedule.iterations={iterations}",
+                f"run.eval_every={iterations}"]
     if milestones is not None:
-        overrides["schedule.milestones"] = milestones
-    return load_config(recipe if recipe in list_recipes() else None, overrides)
+        settings.append(f"schedule.milestones={','.join(map(str, milestones))}")
+    if n > 1:  # each of N processes takes 128 / N images at lr 0.1 / N (the engine multiplies the lr by N)
+        settings += [f"optim.batch_size={BATCH // n}", f"optim.lr={0.1 / n}"]
+    python = variant["python"]
+    launcher = [python, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={n}"] if n > 1 else [python]
+    return [*launcher, "-m", "resnets", "train", "--recipe", f"cifar10/{name}", *settings, *variant["overrides"],
+            "--out", str(run_dir)]
 
 
-def engine_train(cfg) -> list[dict]:
-    """The metrics.jsonl lines of one engine run (one per evaluation; images_per_s excludes evaluation
-    and the data loading before the first step)."""
-    with tempfile.TemporaryDirectory() as run_dir:
-        train(cfg, Path(run_dir))
-        return [json.loads(line) for line in (Path(run_dir) / "metrics.jsonl").read_text().splitlines()]
+def engine_run(variant: dict, name: str, root: Path, iterations: int, milestones: list[int] | None = None) -> dict:
+    """The last metrics line of one `resnets train` run (images_per_s: the whole run, evaluation excluded)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        run_dir = Path(tmp) / "run"
+        command = engine_command(variant, name, root, iterations, milestones, run_dir)
+        env = {**os.environ, **({"OMP_NUM_THREADS": str(max(1, os.cpu_count() // variant["procs"]))}
+                                if variant["procs"] > 1 else {}), **variant["env"]}
+        done = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
+        if done.returncode:
+            raise SystemExit(f"{variant['label']} failed: {shlex.join(command)}\n{done.stderr[-2000:]}")
+        return json.loads((run_dir / "metrics.jsonl").read_text().splitlines()[-1])
 
 
 # ---------------------------------------------------------------------------------------------- report
@@ -175,27 +208,18 @@ def others_share(before: tuple, after: tuple) -> float:
     return max(0.0, busy - own) / (wall * os.cpu_count())
 
 
-def machine() -> str:
-    cpu = platform.processor() or "unknown CPU"
-    with open("/proc/cpuinfo") as f:
-        cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
-    bf16 = use_bf16("auto", torch.device("cpu"))
-    return (f"{cpu}, {os.cpu_count()} logical CPUs, bf16 hardware: {'yes' if bf16 else 'no'}; torch "
-            f"{torch.__version__} ({torch.get_num_threads()} threads), torchvision {torchvision.__version__}, "
-            f"Python {platform.python_version()}")
-
-
-def table(args, speed: dict, others: dict, error: dict) -> str:
-    n = args.accuracy_iterations
-    lines = [(f"| network | pipeline | images/s (median, range) | vs baseline | CPU taken by others | "
-             f"held-out top-1 error{f' after {n} it.' if n else ''} |"), "|---|---|---:|---:|---:|---:|"]
-    for name in args.networks:
-        for pipe, label in (("baseline", "(a) baseline: eager fp32 NCHW, per-image transforms, 2 workers"),
-                            ("ours", "(b) ours: `resnets train`, paper recipe defaults")):
-            rates = speed[name, pipe]
-            err = f"{error[name, pipe]:.2%}" if (name, pipe) in error else "-"
+def table(networks, labels, speed: dict, others: dict, error: dict, accuracy_iterations: int) -> str:
+    n = accuracy_iterations
+    lines = [(f"| network | pipeline | images/s (median, range) | vs baseline | vs {DEFAULTS} | CPU taken by others | "
+              f"held-out top-1 error{f' after {n} it.' if n else ''} |"), "|---|---|---:|---:|---:|---:|---:|"]
+    for name in networks:
+        for label in labels:
+            rates = speed[name, label]
+            err = f"{error[name, label]:.2%}" if (name, label) in error else "-"
             lines.append(f"| {name} | {label} | {median(rates):.0f} ({min(rates):.0f}-{max(rates):.0f}) | "
-                         f"{median(rates) / median(speed[name, 'baseline']):.2f}x | {others[name, pipe]:.0%} | {err} |")
+                         f"{median(rates) / median(speed[name, 'baseline']):.2f}x | "
+                         f"{median(rates) / median(speed[name, DEFAULTS]):.2f}x | {median(others[name, label]):.0%} | "
+                         f"{err} |")
     return "\n".join(lines)
 
 
@@ -203,64 +227,58 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--data", help="CIFAR-10 jpg folder root/<class>/<image> (default: the shared archive, extracted)")
     p.add_argument("--networks", nargs="+", default=list(NETWORKS))
-    p.add_argument("--warmup", type=int, default=10, help="untimed iterations first (a multiple of --chunk)")
-    p.add_argument("--iterations", type=int, default=40, help="timed iterations per cell (a multiple of --chunk)")
-    p.add_argument("--chunk", type=int, default=10, help="iterations per timing; the median chunk is reported")
-    p.add_argument("--accuracy-iterations", type=int, default=1000,
-                   help="length of the short schedule both train on the first network (0: skip)")
+    p.add_argument("--iterations", type=int, default=200, help="steps per run (one cell of one round)")
+    p.add_argument("--rounds", type=int, default=3, help="rounds; each runs every pipeline once")
+    p.add_argument("--variant", action="append", default=[], metavar="LABEL=TOKENS",
+                   help="an engine variant: KEY=VALUE overrides, env:NAME=VALUE, procs:N; repeatable")
+    p.add_argument("--engine-python", metavar="PYTHON",
+                   help="also time the engine of another install (e.g. a venv holding an older commit)")
+    p.add_argument("--accuracy-iterations", type=int, default=0,
+                   help="length of a short schedule the baseline and the default engine both train on the first "
+                        "network, to compare held-out errors (0: skip)")
     args = p.parse_args()
-    if args.warmup % args.chunk or args.iterations % args.chunk or args.warmup < args.chunk or not args.iterations:
-        p.error("--warmup and --iterations must be positive multiples of --chunk")
+    variants = [parse_variant(f"{DEFAULTS}=")] + [parse_variant(v) for v in args.variant]
+    if args.engine_python:
+        variants.append({**parse_variant("engine of --engine-python="), "python": args.engine_python})
+    labels = ["baseline"] + [v["label"] for v in variants]
     root = find_data(args.data)
     wall = time.perf_counter()
-    split_seed = engine_config(args.networks[0], root, 1, 1).data.split_seed
-    train_idx, val_idx = split_indices(root, split_seed)
-    say(f"data: {root} ({len(train_idx)} train / {len(val_idx)} held-out images, split seed {split_seed})")
+    train_idx, val_idx = split_indices(root, 0)
+    say(f"data: {root} ({len(train_idx)} train / {len(val_idx)} held-out images)\nmachine: {hardware.describe()}")
+    for v in variants:
+        say(f"{v['label']}: {shlex.join(engine_command(v, '<net>', root, args.iterations, None, Path('<tmp>')))}")
+    engine_run(variants[0], args.networks[0], root, 1)  # decodes the images into the cache once, untimed
 
-    speed, others, error = {}, {}, {}  # (network, pipeline) -> images/s per chunk, CPU share of others, error
-    for name in args.networks:
-        say(f"== {name}: baseline, {args.warmup} warm-up + {args.iterations} timed iterations")
-        clock = cpu_clock()
-        speed[name, "baseline"] = baseline_train(name, root, train_idx, args.warmup + args.iterations, args.warmup,
-                                                 args.chunk)[1]
-        others[name, "baseline"] = others_share(clock, cpu_clock())
-        # eval_every = chunk: the engine reports images/s per interval between evaluations (evaluation not
-        # counted), so its first warmup/chunk intervals are the warm-up and the rest are the timed chunks.
-        cfg = engine_config(name, root, args.warmup + args.iterations, args.chunk)
-        say(f"== {name}: ours (run.precision={cfg.run.precision}, channels_last={cfg.run.channels_last}, "
-            f"compile={cfg.run.compile}), {args.warmup} warm-up + {args.iterations} timed iterations")
-        clock = cpu_clock()
-        speed[name, "ours"] = [m["images_per_s"] for m in engine_train(cfg)[args.warmup // args.chunk:]]
-        others[name, "ours"] = others_share(clock, cpu_clock())
-        say(f"   images/s per chunk: baseline {[round(r) for r in speed[name, 'baseline']]}, ours {speed[name, 'ours']}")
+    speed, others, error = {}, {}, {}  # (network, pipeline) -> images/s per round, others' CPU share, error
+    for r in range(args.rounds):
+        for name in args.networks:
+            for label, v in zip(labels, [None, *variants]):
+                clock = cpu_clock()
+                rate = (baseline_train(name, root, train_idx, args.iterations)[1] if v is None
+                        else engine_run(v, name, root, args.iterations)["images_per_s"])
+                speed.setdefault((name, label), []).append(rate)
+                others.setdefault((name, label), []).append(others_share(clock, cpu_clock()))
+                say(f"round {r + 1}/{args.rounds} {name} {label}: {rate:.0f} images/s "
+                    f"(others took {others[name, label][-1]:.0%} of the CPU)")
 
-    n, long_run = args.accuracy_iterations, {}
+    n = args.accuracy_iterations
     if n:
         name, milestones = args.networks[0], [n // 2, n * 3 // 4]
-        say(f"== accuracy: {name}, {n} iterations, lr 0.1 divided by 10 at {milestones}, both pipelines")
-        model, (long_run["baseline"],) = baseline_train(name, root, train_idx, n, 0, n, milestones)
+        say(f"== accuracy: {name}, {n} iterations, lr 0.1 divided by 10 at {milestones}")
+        model, _ = baseline_train(name, root, train_idx, n, milestones)
         error[name, "baseline"] = baseline_error(model, root, val_idx)
-        last = engine_train(engine_config(name, root, n, n, milestones))[-1]
-        error[name, "ours"], long_run["ours"] = last["val_top1_error"], last["images_per_s"]
+        error[name, DEFAULTS] = engine_run(variants[0], name, root, n, milestones)["val_top1_error"]
 
-    lines = ["", table(args, speed, others, error), "",
-             (f"images/s: batch {BATCH}, 32x32; {args.iterations} timed iterations after {args.warmup} warm-up ones, "
-             f"timed in chunks of {args.chunk}: median (slowest-fastest chunk). Data loading before the first step "
-             "and evaluation are not counted. 'CPU taken by others': share of the machine's CPU time used by other "
-             "processes during that measurement (warm-up included).")]
-    if long_run:
-        lines.append(f"Whole {n}-iteration accuracy runs (start-up and epoch boundaries included): baseline "
-                     f"{long_run['baseline']:.0f}, ours {long_run['ours']:.0f} images/s "
-                     f"({long_run['ours'] / long_run['baseline']:.2f}x).")
-    lines += [f"Machine: {machine()}.", ("The baseline's 2 DataLoader workers share the cores with its training "
-              "process, as they do for anyone running the reference scripts here."),
-              f"Wall time: {time.perf_counter() - wall:.0f} s.", ""]
-    say("\n".join(lines))
-    result = {name: round(median(speed[name, "ours"]) / median(speed[name, "baseline"]), 3) for name in args.networks}
-    result |= {f"{name}_{pipe}_images_per_s": round(median(v), 1) for (name, pipe), v in speed.items()}
-    result |= {f"{name}_{pipe}_val_top1_error": round(v, 4) for (name, pipe), v in error.items()}
-    if n:
-        result["accuracy_iterations"] = n
+    say("\n".join(["", table(args.networks, labels, speed, others, error, n), "",
+                   (f"images/s: batch {BATCH}, 32x32, whole runs of {args.iterations} steps (start-up included; "
+                    f"decoding and evaluation not), median (range) of {args.rounds} rounds. 'CPU taken by others': "
+                    "median share of the machine's CPU time that other processes used during a run. The baseline's "
+                    "2 DataLoader workers share the cores with its training process, as they do for anyone running "
+                    "the reference scripts here."),
+                   f"Machine: {hardware.describe()}; torch {torch.__version__}, Python {sys.version.split()[0]}.",
+                   f"Wall time: {time.perf_counter() - wall:.0f} s.", ""]))
+    result = {f"{name} {label}": round(median(speed[name, label]), 1) for name in args.networks for label in labels}
+    result |= {f"{name} {label} error": round(v, 4) for (name, label), v in error.items()}
     say(json.dumps(result))
 
 
