@@ -307,7 +307,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.debug:
             traceback.print_exc()
         print(f"resnets {args.job}: error: {e}", file=sys.stderr)
-        return 2
+        return e.exit_status  # 2: the command's mistake, 1: the machine's (errors.EnvironmentFailure)
     except KeyboardInterrupt:
         print(f"resnets {args.job}: interrupted", file=sys.stderr)
         return 130
