@@ -74,7 +74,6 @@ def cmd_experiment(args) -> None:
     else:
         runs = experiments.shortcut_runs(args.family, args.network, args.options.split(","), **common)
         title = f"{args.network}: shortcut options {args.options} on {args.data} ({args.schedule} schedule)"
-    out.mkdir(parents=True, exist_ok=True)
     experiments.execute(runs, out)
     table = experiments.write_outputs(args.experiment, runs, out, title)
     print(experiments.markdown(table), end="")
@@ -82,25 +81,26 @@ def cmd_experiment(args) -> None:
 
 
 def cmd_responses(args) -> None:
+    from . import files
     from .plots import plot_responses
     from .responses import markdown, run_responses
 
     results = [run_responses(run_dir, args.images) for run_dir in args.runs]
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "responses.md").write_text(markdown(results))
-    (out / "responses.json").write_text(json.dumps(results, indent=1) + "\n")
+    files.write_text(out / "responses.md", markdown(results))
+    files.write_text(out / "responses.json", json.dumps(results, indent=1) + "\n")
     plot_responses(results, out / "responses.png")
     print(markdown(results), end="")
     print(f"wrote {out / 'responses'}.md, .json and .png")
 
 
 def cmd_report(args) -> None:
+    from . import files
     from .report import find_runs, markdown, run_row
 
     text = markdown([run_row(run) for run in find_runs(args.runs)])
     if args.out:
-        Path(args.out).write_text(text)
+        files.write_text(args.out, text)
         print(f"wrote {args.out}")
     else:
         print(text, end="")

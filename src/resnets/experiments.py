@@ -10,7 +10,7 @@ import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import checkpoint
+from . import checkpoint, files
 from .config import Config, PaperSection, load_config
 from .errors import UserError
 from .plots import plot_comparison
@@ -147,8 +147,8 @@ def markdown(table: list[dict]) -> str:
 def write_outputs(name: str, runs: list[Run], out: Path, title: str) -> list[dict]:
     """out/<name>.md, out/<name>.json and out/<name>.png; returns the table."""
     table = summarize(runs)
-    (out / f"{name}.md").write_text(markdown(table))
-    (out / f"{name}.json").write_text(json.dumps(table, indent=1) + "\n")
+    files.write_text(out / f"{name}.md", markdown(table))
+    files.write_text(out / f"{name}.json", json.dumps(table, indent=1) + "\n")
     groups = {}
     for run in runs:
         groups.setdefault(run.group, []).append((run.name, run.metrics))
