@@ -39,8 +39,8 @@ def cmd_train(args) -> None:
     from .config import help_keys, list_recipes, load_config
     from .train import train
 
-    if args.help_keys:
-        print(help_keys())
+    if args.help_keys:  # the values this command would train with, not the dataclasses' defaults
+        print(help_keys(load_config(args.recipe or DEFAULT_RECIPE, args.overrides)))
         return
     if args.list_recipes:
         print("\n".join(list_recipes()))
@@ -200,7 +200,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--recipe", help=f"packaged recipe name or a .toml path (default {DEFAULT_RECIPE})")
     p.add_argument("--out", help="run directory (default runs/<recipe>-<time>)")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its newest checkpoint")
-    p.add_argument("--help-keys", action="store_true", help="list every config key with its default")
+    p.add_argument("--help-keys", action="store_true",
+                   help="list every config key with the value the recipe (and overrides) give it")
     p.add_argument("--list-recipes", action="store_true", help="list the packaged recipes")
     p.set_defaults(func=cmd_train)
 
