@@ -21,7 +21,8 @@ from .errors import EnvironmentFailure, UserError
 
 TEMP_GLOB = ".*.tmp"  # the name of every temp file (see _create_temp): what a clean-up may remove
 ADVICE = {errno.ENOSPC: "free some space", errno.EDQUOT: "free some space (or raise the quota)",
-          errno.EROFS: "write to a writable disk", errno.EACCES: "fix the permissions", errno.EPERM: "fix the permissions"}
+          errno.EROFS: "write to a writable disk", errno.EACCES: "fix the permissions",
+          errno.EPERM: "fix the permissions"}  # what to do about a refused write; "fix that" for any other reason
 
 
 class WriteFailure(EnvironmentFailure):
@@ -43,7 +44,7 @@ def replacing(path: str | Path) -> Iterator[Path]:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = _create_temp(path)
         yield tmp
-        _fsync(tmp)
+        _settle(tmp)
         os.replace(tmp, path)
         tmp = None
     except Exception as e:
@@ -63,16 +64,24 @@ def write_text(path: str | Path, text: str) -> None:
 
 
 def _create_temp(path: Path) -> Path:
-    # Created exclusively (never another writer's file), with the permissions open() gives (0o666 less the umask).
     tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
-    os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+    os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))  # exclusively: never another writer's file
     return tmp
 
 
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
+def _umask() -> int:
+    umask = os.umask(0)  # reading it means setting it
+    os.umask(umask)
+    return umask
+
+
+def _settle(tmp: Path) -> None:
+    """On the disk, with the permissions open() gives (0o666 less the umask) whoever wrote it: safetensors writes a
+    private (0600) temp file of its own and renames it onto ours. Never through a link put in its place."""
+    fd = os.open(tmp, os.O_RDONLY | os.O_NOFOLLOW)
     try:
         os.fsync(fd)
+        os.fchmod(fd, 0o666 & ~_umask())
     finally:
         os.close(fd)
 
