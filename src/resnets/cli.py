@@ -10,6 +10,7 @@ from pathlib import Path
 import torch
 
 from .errors import UserError
+from .terminal import plain, shown
 
 DEFAULT_RECIPE = "digits/resnet20"  # the embedded default: trains anywhere, no download
 # Images per evaluation batch: ten crops make ten network inputs per image, multi-scale testing runs one at a time.
@@ -165,11 +166,12 @@ def cmd_predict(args) -> int:
     for result in predict(model, info, files, args.top_k, args.batch_size, args.max_pixels or MAX_PIXELS, args.mode):
         if "error" in result:
             failed += 1
-            print(f"resnets predict: error: {result['path']}: {result['error']}", file=sys.stderr)
-        if args.json:
+            print(f"resnets predict: error: {shown(result['path'])}: {shown(result['error'])}", file=sys.stderr)
+        if args.json:  # exact names, escaped as JSON escapes them
             print(json.dumps(result), flush=True)
         elif "top" in result:
-            print(f"{result['path']}: " + ", ".join(f"{t['class']} {t['probability']:.3f}" for t in result["top"]))
+            print(f"{shown(result['path'])}: "
+                  + ", ".join(f"{shown(t['class'])} {t['probability']:.3f}" for t in result["top"]))
     if failed:
         return 1  # some files were not classified
 
@@ -303,11 +305,12 @@ def main(argv: list[str] | None = None) -> int:
 
     args = build_parser().parse_args(argv)
     try:
-        status = args.func(args) or 0
+        with plain():
+            status = args.func(args) or 0
     except UserError as e:
         if args.debug:
             traceback.print_exc()
-        print(f"resnets {args.job}: error: {e}", file=sys.stderr)
+        print(f"resnets {args.job}: error: {shown(e)}", file=sys.stderr)  # it may quote names read from files
         return e.exit_status  # 2: the command's mistake, 1: the machine's (errors.EnvironmentFailure)
     except KeyboardInterrupt:
         print(f"resnets {args.job}: interrupted", file=sys.stderr)

@@ -33,6 +33,7 @@ from .evaluate import autocast, evaluate
 from .models import ResNet
 from .plots import plot_curves
 from .schedule import in_iterations, lr_factor
+from .terminal import shown
 
 
 def pick_device(name: str) -> torch.device:
@@ -303,7 +304,7 @@ def _restore(run_dir, cfg, model, optimizer, scheduler, world) -> tuple[int, lis
             iteration, history = _load_state(path, state, cfg, model, optimizer, scheduler, world)
             break
         except UserError as e:
-            print(f"warning: {e}; trying the previous checkpoint")
+            print(f"warning: {shown(e)}; trying the previous checkpoint")
             problems.append(str(e))
     else:
         raise UserError(f"no usable checkpoint in {run_dir}; the newest: {problems[0]}")
