@@ -9,6 +9,7 @@ from pathlib import Path
 
 import torch
 
+from . import __version__
 from .errors import UserError
 from .terminal import plain, shown
 
@@ -49,7 +50,7 @@ def cmd_train(args) -> None:
     if args.resume:
         run_dir = Path(args.resume)
         if not (run_dir / "config.toml").is_file():
-            raise UserError(f"{run_dir} is not a run directory (no config.toml)")
+            raise UserError(_not_a_run(run_dir))
         if args.recipe:
             raise UserError("--resume continues a run with its own config.toml; drop --recipe")
         cfg = load_config(run_dir / "config.toml", args.overrides)
@@ -59,6 +60,14 @@ def cmd_train(args) -> None:
     cfg = load_config(recipe, args.overrides)
     run_dir = Path(args.out) if args.out else Path("runs") / f"{Path(recipe).stem}-{time.strftime('%Y%m%d-%H%M%S')}"
     train(cfg, run_dir)
+
+
+def _not_a_run(run_dir: Path) -> str:
+    if not run_dir.is_dir():
+        return f"{run_dir} is not a run directory: it does not exist"
+    # What a run killed before it wrote config.toml leaves (train writes it first): nothing to resume from.
+    return (f"{run_dir} has no config.toml: not a run directory, or its run was stopped before it started; start it "
+            f"again with the command that started it, with --out {run_dir}")
 
 
 def cmd_experiment(args) -> None:
@@ -186,9 +195,20 @@ def cmd_export(args) -> None:
           f" (limit {result['limit']:.1e})")
 
 
+class _Parser(argparse.ArgumentParser):
+    """The parser of `resnets` and, through add_subparsers (which makes more of its own class), of every job: each
+    takes --debug, so it goes before or after the job's name. One that does not see it leaves the attribute alone
+    (SUPPRESS) for another to set."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                          help="show the full traceback of an error")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="resnets", description=__doc__)
-    parser.add_argument("--debug", action="store_true", help="show the full traceback of an error")
+    parser = _Parser(prog="resnets", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"resnets {__version__} (torch {torch.__version__})")
     jobs = parser.add_subparsers(dest="job", required=True, metavar="JOB")
 
     p = jobs.add_parser("summary", help="parameters, multiply-adds and stage shapes of presets")
@@ -258,7 +278,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top-k", type=int, default=5, help="classes shown per image (default 5)")
     p.add_argument("--json", action="store_true", help="one JSON object per image and line (JSON Lines)")
     p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--max-pixels", type=int, metavar="N",
+    p.add_argument("--max-pixels", type=_at_least(1), metavar="N",
                    help="refuse images of more pixels as possible decompression bombs (default 50 million)")
     p.add_argument("--mode", default="fp32", choices=("fp32", "folded", "bf16", "compiled"),
                    help="how the network runs (docs/INFERENCE.md): fp32 (default), BN folded, bf16, or bf16 "
@@ -285,6 +305,21 @@ def _protocols(text: str) -> str:
     return text
 
 
+def _at_least(minimum: int):
+    """An argparse type: an integer, at least `minimum`."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"expected an integer of at least {minimum}, got {text!r}")
+        return value
+
+    return parse
+
+
 def _integers(minimum: int):
     """An argparse type: comma-separated integers, none below `minimum`."""
 
@@ -304,11 +339,12 @@ def main(argv: list[str] | None = None) -> int:
     from . import distributed
 
     args = build_parser().parse_args(argv)
+    debug = getattr(args, "debug", False)
     try:
         with plain():
             status = args.func(args) or 0
     except UserError as e:
-        if args.debug:
+        if debug:
             traceback.print_exc()
         print(f"resnets {args.job}: error: {shown(e)}", file=sys.stderr)  # it may quote names read from files
         return e.exit_status  # 2: the command's mistake, 1: the machine's (errors.EnvironmentFailure)

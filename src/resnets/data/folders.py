@@ -49,7 +49,8 @@ def scan_folder(root: str | Path) -> tuple[list[Path], list[int], list[str]]:
     """Image files of an ImageNet-style root/<class>/<image> tree: (paths, labels, classes sorted by name)."""
     root = Path(root)
     if not root.is_dir():
-        raise UserError(f"image folder {root} does not exist; expected root/<class>/<image> files")
+        what = "is a file, not a folder of class folders" if root.exists() else "does not exist"
+        raise UserError(f"image folder {root} {what}; expected root/<class>/<image> files")
     # Dot-folders and dot-files are tool debris (.ipynb_checkpoints, macOS ._x.jpg), never classes or images.
     classes = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
     if not classes:
