@@ -14,7 +14,6 @@ import re
 import signal
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from collections import Counter
@@ -26,7 +25,7 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-from resnets import checkpoint
+from resnets import checkpoint, files
 from resnets.cli import main
 from resnets.config import load_config
 from resnets.data import FolderDataset, load_train_val
@@ -306,28 +305,29 @@ def test_a_class_count_that_does_not_match_the_checkpoint(tmp_path, capsys):
 
 
 def _failing_writes(monkeypatch, name: str, error: int, calls_before: int = 0) -> None:
-    """Make the write of run-directory file `name` fail after `calls_before` good ones: ENOSPC from the kernel
-    itself (the temp file is /dev/full underneath), or EACCES as from a folder made read-only (chmod cannot
-    simulate that for root, who may run the tests)."""
-    real, calls = tempfile.mkstemp, Counter()
+    """Make the write of file `name` fail after `calls_before` good ones: ENOSPC from the kernel itself (the temp
+    file is a link to /dev/full, so every writer, torch's zip writer included, fails as on a full disk), or EACCES
+    as from a folder made read-only (chmod cannot simulate that for root, who may run the tests)."""
+    real, calls = files._create_temp, Counter()
 
-    def mkstemp(suffix=None, prefix=None, dir=None, text=False):
-        if prefix == f".{name}.":
+    def create_temp(path: Path) -> Path:
+        if path.name == name:
             calls[name] += 1
             if calls[name] > calls_before:
+                tmp = path.with_name(f".{path.name}.full.tmp")
                 if error == errno.EACCES:
-                    raise PermissionError(errno.EACCES, "Permission denied", os.path.join(dir, prefix + "x" + suffix))
-                fd, path = real(suffix, prefix, dir, text)
-                os.close(fd)
-                return os.open("/dev/full", os.O_WRONLY), path
-        return real(suffix, prefix, dir, text)
+                    raise PermissionError(errno.EACCES, "Permission denied", str(tmp))
+                tmp.symlink_to("/dev/full")
+                return tmp
+        return real(path)
 
-    monkeypatch.setattr(tempfile, "mkstemp", mkstemp)
+    monkeypatch.setattr(files, "_create_temp", create_temp)
 
 
 @pytest.mark.parametrize("name, error, calls_before, kept", [
     ("iter-0000008.pt", errno.ENOSPC, 0, 1),  # the disk fills while the second checkpoint is written
     ("metrics.jsonl", errno.ENOSPC, 2, 1),  # ... while the log gets its line for iteration 8
+    ("curves.png", errno.ENOSPC, 0, 1),  # ... while the first plot is drawn, after the first checkpoint
     ("iter-0000008.pt", errno.EACCES, 0, 1),  # the folder turns read-only
     ("config.toml", errno.EACCES, 0, 0),  # the folder is read-only from the start
 ])
@@ -336,7 +336,7 @@ def test_a_failed_write_is_one_line_and_loses_nothing(tiny_reference, tmp_path, 
     run = tmp_path / "run"
     with monkeypatch.context() as m:
         _failing_writes(m, name, error, calls_before)
-        assert main(["train", "--out", str(run), *tiny_args()]) == 2
+        assert main(["train", "--out", str(run), *tiny_args()]) == 1  # the machine's failure, not the command's
     err = one_line_error(capsys)
     assert f"cannot write {run / name} ({os.strerror(error)})" in err
     assert ("resume with `resnets train --resume" if kept else "run again") in err
@@ -356,7 +356,7 @@ def test_a_failed_write_is_one_line_and_loses_nothing(tiny_reference, tmp_path, 
 def test_a_read_only_parent_folder_is_one_line(tmp_path, capsys):
     parent = tmp_path / "ro"
     parent.mkdir(mode=0o500)
-    assert main(["train", "--out", str(parent / "run"), *tiny_args()]) == 2
+    assert main(["train", "--out", str(parent / "run"), *tiny_args()]) == 1
     assert f"cannot create the run directory {parent / 'run'} (Permission denied)" in one_line_error(capsys)
 
 

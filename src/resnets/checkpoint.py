@@ -4,13 +4,13 @@ import contextlib
 import fcntl
 import os
 import re
-import tempfile
 import zipfile
 from pathlib import Path
 
 import torch
 
-from .errors import UserError
+from . import files
+from .errors import EnvironmentFailure, UserError
 from .models import ResNet, ResNetConfig
 
 FORMAT = "resnets-checkpoint-1"
@@ -20,36 +20,10 @@ ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 
 def save_atomic(obj, path: Path) -> None:
-    """torch.save `obj` to `path` atomically (see write_atomic)."""
-    write_atomic(path, lambda f: torch.save(obj, f))
-
-
-def write_atomic(path: Path, write) -> None:
-    """write(file) to a temp file in the same folder, fsync, then rename: a reader never sees half a file.
-
-    A process killed meanwhile leaves at worst a temp file named `.<name>.<random>.tmp`, which no loader picks
-    up and the next run in the folder removes (`run_lock`). An OSError (disk full, no permission) leaves the
-    old file as it was and is raised with `path` as its filename.
-    """
-    path = Path(path)
-    tmp = None
-    try:
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        # mkstemp makes the file private (0600); give it the permissions a plain open() would have.
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, path)
-    except BaseException as e:
-        if tmp:
-            Path(tmp).unlink(missing_ok=True)
-        if isinstance(e, OSError):  # torch.save's own errors do not say which file
-            raise OSError(e.errno, e.strerror or str(e), str(path)) from e
-        raise
+    """torch.save `obj` to `path` through the one atomic writer (files.replacing)."""
+    # Into a Python file, not by name: torch's own file writer loses the OSError of a full disk ("iostream error").
+    with files.replacing(path) as tmp, open(tmp, "wb") as f:
+        torch.save(obj, f)
 
 
 def load(path: str | Path) -> dict:
@@ -83,7 +57,7 @@ def run_lock(run_dir: Path):
 
     The lock is flock(2) on the folder itself: nothing to clean up, and the OS drops it when the holder dies,
     SIGKILL included, so a killed run can be resumed at once. The holder first removes the temp files a killed
-    writer left (see write_atomic). If the run fails before writing anything, the folders it created go again.
+    writer left (see files.replacing). If the run fails before writing anything, the folders it created go again.
     """
     run_dir = Path(run_dir)
     created = [p for p in (run_dir, *run_dir.parents) if not p.exists()]  # innermost first
@@ -91,15 +65,17 @@ def run_lock(run_dir: Path):
         run_dir.mkdir(parents=True, exist_ok=True)
         fd = os.open(run_dir, os.O_RDONLY)
     except OSError as e:
-        raise UserError(f"cannot create the run directory {run_dir} ({e.strerror}); choose another --out") from None
+        raise EnvironmentFailure(f"cannot create the run directory {run_dir} ({e.strerror}); choose another --out"
+                                 ) from None
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             raise UserError(f"another run is writing to {run_dir}; wait for it to end or choose another --out"
                             ) from None
-        for tmp in run_dir.glob(".*.tmp"):
-            tmp.unlink(missing_ok=True)
+        for tmp in run_dir.glob(files.TEMP_GLOB):
+            with contextlib.suppress(OSError):  # a read-only disk keeps it; the run's first write says why
+                tmp.unlink()
         yield run_dir
     except BaseException:
         for folder in created:

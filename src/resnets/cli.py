@@ -9,7 +9,9 @@ from pathlib import Path
 
 import torch
 
+from . import __version__
 from .errors import UserError
+from .terminal import plain, shown
 
 DEFAULT_RECIPE = "digits/resnet20"  # the embedded default: trains anywhere, no download
 # Images per evaluation batch: ten crops make ten network inputs per image, multi-scale testing runs one at a time.
@@ -39,8 +41,8 @@ def cmd_train(args) -> None:
     from .config import help_keys, list_recipes, load_config
     from .train import train
 
-    if args.help_keys:
-        print(help_keys())
+    if args.help_keys:  # the values this command would train with, not the dataclasses' defaults
+        print(help_keys(load_config(args.recipe or DEFAULT_RECIPE, args.overrides)))
         return
     if args.list_recipes:
         print("\n".join(list_recipes()))
@@ -48,7 +50,7 @@ def cmd_train(args) -> None:
     if args.resume:
         run_dir = Path(args.resume)
         if not (run_dir / "config.toml").is_file():
-            raise UserError(f"{run_dir} is not a run directory (no config.toml)")
+            raise UserError(_not_a_run(run_dir))
         if args.recipe:
             raise UserError("--resume continues a run with its own config.toml; drop --recipe")
         cfg = load_config(run_dir / "config.toml", args.overrides)
@@ -58,6 +60,14 @@ def cmd_train(args) -> None:
     cfg = load_config(recipe, args.overrides)
     run_dir = Path(args.out) if args.out else Path("runs") / f"{Path(recipe).stem}-{time.strftime('%Y%m%d-%H%M%S')}"
     train(cfg, run_dir)
+
+
+def _not_a_run(run_dir: Path) -> str:
+    if not run_dir.is_dir():
+        return f"{run_dir} is not a run directory: it does not exist"
+    # What a run killed before it wrote config.toml leaves (train writes it first): nothing to resume from.
+    return (f"{run_dir} has no config.toml: not a run directory, or its run was stopped before it started; start it "
+            f"again with the command that started it, with --out {run_dir}")
 
 
 def cmd_experiment(args) -> None:
@@ -78,7 +88,6 @@ def cmd_experiment(args) -> None:
     else:
         runs = experiments.shortcut_runs(family, args.network, args.options.split(","), **common)
         title = f"{args.network}: shortcut options {args.options} on {args.data} ({args.schedule} schedule)"
-    out.mkdir(parents=True, exist_ok=True)
     experiments.execute(runs, out)
     if args.experiment == "table6":
         table = experiments.table6(runs, out)
@@ -92,25 +101,26 @@ def cmd_experiment(args) -> None:
 
 
 def cmd_responses(args) -> None:
+    from . import files
     from .plots import plot_responses
     from .responses import markdown, run_responses
 
     results = [run_responses(run_dir, args.images) for run_dir in args.runs]
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "responses.md").write_text(markdown(results))
-    (out / "responses.json").write_text(json.dumps(results, indent=1) + "\n")
+    files.write_text(out / "responses.md", markdown(results))
+    files.write_text(out / "responses.json", json.dumps(results, indent=1) + "\n")
     plot_responses(results, out / "responses.png")
     print(markdown(results), end="")
     print(f"wrote {out / 'responses'}.md, .json and .png")
 
 
 def cmd_report(args) -> None:
+    from . import files
     from .report import find_runs, markdown, run_row
 
     text = markdown([run_row(run) for run in find_runs(args.runs)])
     if args.out:
-        Path(args.out).write_text(text)
+        files.write_text(args.out, text)
         print(f"wrote {args.out}")
     else:
         print(text, end="")
@@ -175,11 +185,12 @@ def cmd_predict(args) -> int:
     for result in predict(model, info, files, args.top_k, args.batch_size, args.max_pixels or MAX_PIXELS, args.mode):
         if "error" in result:
             failed += 1
-            print(f"resnets predict: error: {result['path']}: {result['error']}", file=sys.stderr)
-        if args.json:
+            print(f"resnets predict: error: {shown(result['path'])}: {shown(result['error'])}", file=sys.stderr)
+        if args.json:  # exact names, escaped as JSON escapes them
             print(json.dumps(result), flush=True)
         elif "top" in result:
-            print(f"{result['path']}: " + ", ".join(f"{t['class']} {t['probability']:.3f}" for t in result["top"]))
+            print(f"{shown(result['path'])}: "
+                  + ", ".join(f"{shown(t['class'])} {t['probability']:.3f}" for t in result["top"]))
     if failed:
         return 1  # some files were not classified
 
@@ -194,9 +205,20 @@ def cmd_export(args) -> None:
           f" (limit {result['limit']:.1e})")
 
 
+class _Parser(argparse.ArgumentParser):
+    """The parser of `resnets` and, through add_subparsers (which makes more of its own class), of every job: each
+    takes --debug, so it goes before or after the job's name. One that does not see it leaves the attribute alone
+    (SUPPRESS) for another to set."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                          help="show the full traceback of an error")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="resnets", description=__doc__)
-    parser.add_argument("--debug", action="store_true", help="show the full traceback of an error")
+    parser = _Parser(prog="resnets", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"resnets {__version__} (torch {torch.__version__})")
     jobs = parser.add_subparsers(dest="job", required=True, metavar="JOB")
 
     p = jobs.add_parser("summary", help="parameters, multiply-adds and stage shapes of presets")
@@ -210,7 +232,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--recipe", help=f"packaged recipe name or a .toml path (default {DEFAULT_RECIPE})")
     p.add_argument("--out", help="run directory (default runs/<recipe>-<time>)")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its newest checkpoint")
-    p.add_argument("--help-keys", action="store_true", help="list every config key with its default")
+    p.add_argument("--help-keys", action="store_true",
+                   help="list every config key with the value the recipe (and overrides) give it")
     p.add_argument("--list-recipes", action="store_true", help="list the packaged recipes")
     p.set_defaults(func=cmd_train)
 
@@ -270,7 +293,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top-k", type=int, default=5, help="classes shown per image (default 5)")
     p.add_argument("--json", action="store_true", help="one JSON object per image and line (JSON Lines)")
     p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--max-pixels", type=int, metavar="N",
+    p.add_argument("--max-pixels", type=_at_least(1), metavar="N",
                    help="refuse images of more pixels as possible decompression bombs (default 50 million)")
     p.add_argument("--mode", default="auto", choices=("auto", "fp32", "folded", "bf16", "compiled"),
                    help="how the network runs (docs/INFERENCE.md): auto (default: bf16 where the hardware does bf16, "
@@ -298,6 +321,21 @@ def _protocols(text: str) -> str:
     return text
 
 
+def _at_least(minimum: int):
+    """An argparse type: an integer, at least `minimum`."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"expected an integer of at least {minimum}, got {text!r}")
+        return value
+
+    return parse
+
+
 def _integers(minimum: int):
     """An argparse type: comma-separated integers, none below `minimum`."""
 
@@ -317,13 +355,15 @@ def main(argv: list[str] | None = None) -> int:
     from . import distributed
 
     args = build_parser().parse_args(argv)
+    debug = getattr(args, "debug", False)
     try:
-        status = args.func(args) or 0
+        with plain():
+            status = args.func(args) or 0
     except UserError as e:
-        if args.debug:
+        if debug:
             traceback.print_exc()
-        print(f"resnets {args.job}: error: {e}", file=sys.stderr)
-        return 2
+        print(f"resnets {args.job}: error: {shown(e)}", file=sys.stderr)  # it may quote names read from files
+        return e.exit_status  # 2: the command's mistake, 1: the machine's (errors.EnvironmentFailure)
     except KeyboardInterrupt:
         print(f"resnets {args.job}: interrupted", file=sys.stderr)
         return 130

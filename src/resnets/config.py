@@ -1,9 +1,10 @@
 """Typed training configs: recipe files (TOML) plus `key=value` overrides, checked against dataclasses."""
 
 import difflib
+import math
 import tomllib
 import typing
-from dataclasses import MISSING, asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields
 from importlib import resources
 from pathlib import Path
 
@@ -124,7 +125,22 @@ CHOICES = {
     "data.loader": ("auto", "memory", "stream"),
     "run.precision": ("auto", "bf16", "fp32"),
 }
-POSITIVE = ("optim.batch_size", "schedule.iterations", "run.eval_every", "run.keep_checkpoints")
+# Where each number may lie, in interval notation ("[" and "]" include the end, "(" and ")" exclude it; a list's
+# interval holds for each item), checked whatever the value's source (recipe, override, a run's config.toml), so
+# that nothing torch refuses or misreads gets past load_config. Besides, every float must be finite and every
+# integer fit in 64 bits (_check_plain). Sides in pixels stop at 65536, far beyond any image a network here takes.
+RANGES = {
+    "data.val_split": "[0, inf)", "data.pad": "[0, 65536]", "data.image_size": "[0, 65536]",
+    "data.workers": "[0, 1024]", "data.crop": "[0, 65536]", "data.scale": "[1, 65536]", "data.resize": "[0, 65536]",
+    "data.lighting": "[0, inf)",
+    "optim.batch_size": "[1, inf)", "optim.lr": "(0, inf)", "optim.momentum": "[0, 1)",
+    "optim.weight_decay": "[0, inf)", "optim.label_smoothing": "[0, 1)",
+    "schedule.iterations": "[1, inf)", "schedule.milestones": "[0, inf)", "schedule.gamma": "(0, 1]",
+    "schedule.warmup_iterations": "[0, inf)", "schedule.warmup_factor": "[0, 1]", "schedule.patience": "[1, inf)",
+    "schedule.min_delta": "[0, 1]",
+    "run.eval_every": "[1, inf)", "run.keep_checkpoints": "[1, inf)",
+    "paper.top1_error": "[0, 100]",
+}
 
 
 def _all_keys() -> list[str]:
@@ -140,42 +156,85 @@ def _suggest(key: str) -> str:
 
 
 def _check_type(key: str, value, annotation):
-    """The value converted to the declared type, or a UserError naming the key and the type wanted."""
-    origin = typing.get_origin(annotation)
-    if origin is list:
+    """The value converted to the declared type, or a UserError naming the key and the type or range wanted."""
+    if typing.get_origin(annotation) is list:
         (item,) = typing.get_args(annotation)
         if isinstance(value, int | float) and not isinstance(value, bool):
             value = [value]  # milestones=32000 means [32000]
         if not isinstance(value, list):
             raise UserError(f"{key} must be a list, got {value!r}")
         return [_check_type(key, v, item) for v in value]
+    _check_plain(key, value)
     if annotation is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    wanted = dict if origin is dict else annotation
-    if not isinstance(value, wanted) or (wanted is int and isinstance(value, bool)):
-        raise UserError(f"{key} must be {getattr(wanted, '__name__', wanted)}, got {value!r}")
+        value = float(value)
+    if not isinstance(value, annotation) or (annotation is int and isinstance(value, bool)):
+        raise UserError(f"{key} must be {annotation.__name__}, got {value!r}")
     allowed = CHOICES.get(key)
     if allowed and value not in allowed:
         raise UserError(f"{key}={value!r} is not one of {', '.join(allowed)}")
-    if key in POSITIVE and value < 1:
-        raise UserError(f"{key} must be at least 1, got {value!r}")
+    if key in RANGES:
+        _check_range(key, value, RANGES[key])
     return value
+
+
+def _check_plain(key: str, value) -> None:
+    """What any value must be: floats finite, integers within TOML's 64 bits, text that config.toml can hold."""
+    if isinstance(value, list | dict):
+        for item in value.values() if isinstance(value, dict) else value:
+            _check_plain(key, item)
+    elif isinstance(value, float) and not math.isfinite(value):
+        raise UserError(f"{key} must be a finite number, got {value!r}")
+    elif isinstance(value, int) and not -(2**63) <= value < 2**63:
+        raise UserError(f"{key}={value} does not fit in 64 bits")
+    elif isinstance(value, str) and ("\0" in value or not _utf8(value)):
+        # A NUL ends a path in the OS; bytes that are not UTF-8 (an odd file name, as Python reads it) cannot be
+        # written to config.toml, which is UTF-8.
+        raise UserError(f"{key}={value!r} holds a NUL or bytes that are not UTF-8; rename the file or folder")
+
+
+def _utf8(text: str) -> bool:
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _check_range(key: str, value, interval: str) -> None:
+    low, high = interval[1:-1].split(", ")
+    above = value > float(low) or (interval[0] == "[" and value == float(low))
+    below = value < float(high) or (interval[-1] == "]" and value == float(high))
+    if not (above and below):
+        wanted = f"in {interval}" if high != "inf" else f"at least {low}" if interval[0] == "[" else f"above {low}"
+        raise UserError(f"{key} must be {wanted}, got {value!r}")
 
 
 def _set(cfg: Config, key: str, value) -> None:
     section_name, _, name = key.partition(".")
-    if section_name == "model" and name not in ("name", "options"):
-        # model.<field> sets a ResNetConfig field (model.shortcut=B, model.zero_init_last=true).
-        if name not in ResNetConfig.field_names():
-            close = difflib.get_close_matches(name, ResNetConfig.field_names(), n=3)
-            raise UserError(f"unknown model option {name!r}" + (f"; did you mean {', '.join(close)}?" if close else ""))
-        cfg.model.options[name] = value
+    if key == "model.options":  # a table of model.<field> values
+        if not isinstance(value, dict):
+            raise UserError(f"model.options must be a table of model options, got {value!r}")
+        cfg.model.options = {}
+        for option, option_value in value.items():
+            _set_model_option(cfg, str(option), option_value)
+        return
+    if section_name == "model" and name != "name":
+        _set_model_option(cfg, name, value)
         return
     section = getattr(cfg, section_name, None) if section_name in SECTIONS else None
     types_ = {f.name: f.type for f in fields(section)} if section is not None else {}
     if name not in types_:
         raise UserError(f"unknown config key {key!r}{_suggest(key)}")
     setattr(section, name, _check_type(key, value, types_[name]))
+
+
+def _set_model_option(cfg: Config, name: str, value) -> None:
+    """model.<field> sets a ResNetConfig field (model.shortcut=B, model.zero_init_last=true), which checks it."""
+    if name not in ResNetConfig.field_names():
+        close = difflib.get_close_matches(name, ResNetConfig.field_names(), n=3)
+        raise UserError(f"unknown model option {name!r}" + (f"; did you mean {', '.join(close)}?" if close else ""))
+    _check_plain(f"model.{name}", value)
+    cfg.model.options[name] = value
 
 
 def _flatten(table: dict, prefix: str = "") -> dict:
@@ -246,8 +305,15 @@ def load_config(recipe: str | None = None, overrides: list[str] | dict = ()) -> 
     for key, value in items:
         _set(cfg, _resolve_key(key), parse_value(value) if isinstance(value, str) else value)
     cfg.model_config(num_classes=10, in_channels=3)  # fails now, not after loading data, on a bad model option
-    _check_crop(cfg.data)
+    _check_together(cfg)
     return cfg
+
+
+def _check_together(cfg: Config) -> None:
+    """Values fine one by one but not with each other."""
+    if cfg.optim.nesterov and not cfg.optim.momentum:
+        raise UserError("optim.nesterov=true needs momentum: set optim.momentum above 0 (the paper's is 0.9)")
+    _check_crop(cfg.data)
 
 
 def _check_crop(data: DataSection) -> None:
@@ -269,11 +335,9 @@ def _split(override: str) -> tuple[str, str]:
     return key.strip(), value.strip()
 
 
-def help_keys() -> str:
-    lines = []
-    for section, cls in SECTIONS.items():
-        for f in fields(cls):
-            default = f.default if f.default_factory is MISSING else f.default_factory()
-            lines.append(f"{section}.{f.name} = {default!r}")
+def help_keys(cfg: Config) -> str:
+    """Every key with the value it has in `cfg` (the recipe a command would train with)."""
+    values = cfg.to_dict()
+    lines = [f"{key} = {values[section][name]!r}" for key in _all_keys() for section, name in [key.split(".")]]
     lines.append("model.<option> = any of " + ", ".join(ResNetConfig.field_names()))
     return "\n".join(lines)

@@ -11,7 +11,7 @@ import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import checkpoint
+from . import checkpoint, files
 from .config import Config, PaperSection, load_config
 from .errors import UserError
 from .models import ResNet, ResNetConfig
@@ -214,8 +214,8 @@ def _hours(seconds: float) -> str:
 def write_outputs(name: str, runs: list[Run], out: Path, title: str, table: list[dict], text: str) -> None:
     """out/<name>.md (`text`), out/<name>.json (`table`) and out/<name>.png (the runs' curves, one panel per
     group)."""
-    (out / f"{name}.md").write_text(text)
-    (out / f"{name}.json").write_text(json.dumps(table, indent=1) + "\n")
+    files.write_text(out / f"{name}.md", text)
+    files.write_text(out / f"{name}.json", json.dumps(table, indent=1) + "\n")
     groups = {}
     for run in runs:
         groups.setdefault(run.group, []).append((run.name, run.metrics))

@@ -9,20 +9,18 @@
 Every format holds the network as trained: its input is the normalised image, (x / 255 - mean) / std, of
 shape (B, in_channels, input_size, input_size), and its output the logits. The class names and preprocessing
 travel with it (ONNX metadata_props, the .pt2 archive's extra file `resnets.json`, safetensors metadata).
-A file is written to a temporary name, read back and compared with the PyTorch model on a batch of 3 random
-images, and renamed into place only if the logits agree within `TOLERANCE`.
+A file is written to a temporary name (files.replacing), read back and compared with the PyTorch model on a batch
+of 3 random images, and renamed into place only if the logits agree within `TOLERANCE`.
 """
 
 import json
-import os
-import secrets
 from pathlib import Path
 
 import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
-from . import checkpoint
+from . import checkpoint, files
 from .errors import UserError
 from .models import ResNet, ResNetConfig
 
@@ -81,25 +79,16 @@ def export(source: str | Path, out: str | Path, format: str | None = None, toler
     x = _check_images(info["preprocessing"])
     with torch.no_grad():
         expected = model(x)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    # A fresh name for the writer to create (so the file gets the umask's permissions, not mkstemp's 0600),
-    # keeping the extension: torch.export warns about archives not named .pt2.
-    tmp = str(out.parent / f".{out.name}.{os.getpid()}-{secrets.token_hex(4)}.tmp{EXTENSIONS[format]}")
     # fp32 keeps ~7 significant digits, so two correct runtimes differ in proportion to the logits' size: a few
     # units in the last place of logits in the thousands (a deep net with extreme BN statistics) is 1e-3.
     # `tolerance` is absolute for logits up to 10 in magnitude (trained classifiers), relative beyond.
     limit = tolerance * max(1.0, expected.abs().max().item() / 10)
-    try:
-        save(model, info, tmp)
-        diff = (run(tmp, x) - expected).abs().max().item()
+    with files.replacing(out) as tmp:  # renamed onto `out` only if the check passes
+        save(model, info, str(tmp))
+        diff = (run(str(tmp), x) - expected).abs().max().item()
         if not diff <= limit:  # also catches NaN
             raise UserError(f"the {format} export's logits differ from PyTorch's by {diff:.3g} (> {limit:.3g}); "
                             f"nothing written to {out}")
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, out)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
     return {"format": format, "path": str(out), "bytes": out.stat().st_size, "max_abs_diff": diff, "limit": limit}
 
 
@@ -159,12 +148,14 @@ def _run_onnx(path: str, x: torch.Tensor) -> torch.Tensor:
 
 def _save_pt2(model: ResNet, info: dict, path: str) -> None:
     program = torch.export.export(model, (_example(info),), dynamic_shapes=({0: torch.export.Dim("batch")},))
-    torch.export.save(program, path, extra_files={"resnets.json": json.dumps(_metadata(info, stats=True))})
+    # Files, not names: torch.export warns about archive names not ending in .pt2, and the temp file's ends in .tmp.
+    with open(path, "wb") as f:
+        torch.export.save(program, f, extra_files={"resnets.json": json.dumps(_metadata(info, stats=True))})
 
 
 def _run_pt2(path: str, x: torch.Tensor) -> torch.Tensor:
-    with torch.no_grad():
-        return torch.export.load(path).module()(x)
+    with open(path, "rb") as f, torch.no_grad():
+        return torch.export.load(f).module()(x)
 
 
 # safetensors -----------------------------------------------------------------------------------------------------

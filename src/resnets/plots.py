@@ -1,12 +1,13 @@
 """Training curves in the style of the paper's Figures 4 and 6."""
 
-import os
 from pathlib import Path
 
 import matplotlib
 
 matplotlib.use("Agg")  # files only: no display needed, none wanted
 import matplotlib.pyplot as plt
+
+from . import files
 
 
 def plot_curves(metrics: list[dict], path: Path, title: str = "") -> None:
@@ -22,12 +23,13 @@ def plot_curves(metrics: list[dict], path: Path, title: str = "") -> None:
 
 
 def _save(fig, path: Path) -> None:
-    """Written to a temp file and renamed, so a reader never sees half a picture."""
-    fig.tight_layout()
-    tmp = Path(path).with_name(f".{Path(path).name}.tmp.png")
-    fig.savefig(tmp, dpi=120)
-    plt.close(fig)
-    os.replace(tmp, path)
+    """Through the one atomic writer (files.replacing): a reader never sees half a picture."""
+    try:
+        fig.tight_layout()
+        with files.replacing(path) as tmp:
+            fig.savefig(tmp, dpi=120, format=Path(path).suffix[1:])  # the temp file's name ends in .tmp
+    finally:
+        plt.close(fig)
 
 
 def plot_comparison(groups: dict[str, list[tuple[str, list[dict]]]], path: Path, title: str = "") -> None:

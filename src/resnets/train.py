@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from . import checkpoint, distributed, hardware
+from . import checkpoint, distributed, files, hardware
 from .config import Config, load_config
 from .data import BatchLoader, default_workers, lighting, load_train_val, normalization_stats, normalize
 from .errors import UserError
@@ -33,6 +33,7 @@ from .evaluate import autocast, evaluate
 from .models import ResNet
 from .plots import plot_curves
 from .schedule import in_iterations, lr_factor
+from .terminal import shown
 
 
 def train(cfg: Config, run_dir: Path, resume: bool = False) -> dict:
@@ -94,7 +95,7 @@ def _train(cfg: Config, run_dir: Path, resume: bool) -> dict:
     if main:
         with _writes(run_dir):
             if not resume:
-                _write_text(run_dir / "config.toml", tomli_w.dumps(cfg.to_dict()))
+                files.write_text(run_dir / "config.toml", tomli_w.dumps(cfg.to_dict()))
             _write_metrics(history, metrics_file, None)  # drops lines past the checkpoint
             _record_leg(run_dir, iteration, machine)
     # DDP averages the gradients over the processes in backward (and starts from rank 0's weights).
@@ -157,7 +158,7 @@ def _train(cfg: Config, run_dir: Path, resume: bool) -> dict:
                         _write_metrics(history, metrics_file, tensorboard)
                         _save(run_dir, cfg, model, optimizer, scheduler, history, train_set.classes, preprocessing,
                               world)
-                    plot_curves(history, run_dir / "curves.png", title=f"{cfg.model.name}")
+                        plot_curves(history, run_dir / "curves.png", title=f"{cfg.model.name}")
                 meter = Meter()
             if iteration == total:
                 break
@@ -210,17 +211,14 @@ def _check_finite(kind: str, loss: float, iteration: int, run_dir: Path, bar) ->
 
 @contextlib.contextmanager
 def _writes(run_dir: Path):
-    """A failed write into the run directory (disk full, no permission) as one line that says what to do."""
+    """A write into the run directory that the machine refused (files.WriteFailure, or an OSError of TensorBoard's
+    own writer) as one line that says how to go on: resume, or run again if nothing worth resuming was written."""
     try:
         yield
-    except OSError as e:
+    except (files.WriteFailure, OSError) as e:
+        path, error = (e.path, e.error) if isinstance(e, files.WriteFailure) else (e.filename or run_dir, e)
         then = f"resume with `resnets train --resume {run_dir}`" if (run_dir / "config.toml").is_file() else "run again"
-        raise UserError(f"cannot write {e.filename or run_dir} ({e.strerror or e}); the files written before are "
-                        f"intact: free some space or fix the permissions, then {then}") from None
-
-
-def _write_text(path: Path, text: str) -> None:
-    checkpoint.write_atomic(path, lambda f: f.write(text.encode()))
+        raise files.WriteFailure(path, error, then) from e
 
 
 def _record_leg(run_dir: Path, iteration: int, machine: str) -> None:
@@ -230,7 +228,7 @@ def _record_leg(run_dir: Path, iteration: int, machine: str) -> None:
     legs = [json.loads(line) for line in path.read_text().splitlines()] if path.is_file() else []
     legs = [leg for leg in legs if leg["from_iteration"] < iteration]
     legs.append({"from_iteration": iteration, "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "machine": machine})
-    _write_text(path, "".join(json.dumps(leg) + "\n" for leg in legs))
+    files.write_text(path, "".join(json.dumps(leg) + "\n" for leg in legs))
 
 
 def _tensorboard(run_dir: Path):
@@ -244,7 +242,7 @@ def _tensorboard(run_dir: Path):
 def _write_metrics(history: list[dict], metrics_file: Path, tensorboard) -> None:
     """metrics.jsonl rewritten whole and atomically (never half a line, whenever the run is killed); the newest
     line to TensorBoard."""
-    _write_text(metrics_file, "".join(json.dumps(m) + "\n" for m in history))
+    files.write_text(metrics_file, "".join(json.dumps(m) + "\n" for m in history))
     if tensorboard:
         for key, value in history[-1].items():
             tensorboard.add_scalar(key, value, history[-1]["iteration"])
@@ -299,7 +297,7 @@ def _restore(run_dir, cfg, model, optimizer, scheduler, world) -> tuple[int, lis
             iteration, history = _load_state(path, state, cfg, model, optimizer, scheduler, world)
             break
         except UserError as e:
-            print(f"warning: {e}; trying the previous checkpoint")
+            print(f"warning: {shown(e)}; trying the previous checkpoint")
             problems.append(str(e))
     else:
         raise UserError(f"no usable checkpoint in {run_dir}; the newest: {problems[0]}")

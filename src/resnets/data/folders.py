@@ -4,7 +4,6 @@ import copy
 import hashlib
 import json
 import os
-import tempfile
 import warnings
 from pathlib import Path
 
@@ -17,6 +16,7 @@ from torchvision.io import ImageReadMode, decode_image, read_file
 from torchvision.transforms.v2 import functional as TF
 from tqdm import tqdm
 
+from .. import files
 from ..errors import UserError
 from .arrays import ArrayDataset
 
@@ -49,7 +49,8 @@ def scan_folder(root: str | Path) -> tuple[list[Path], list[int], list[str]]:
     """Image files of an ImageNet-style root/<class>/<image> tree: (paths, labels, classes sorted by name)."""
     root = Path(root)
     if not root.is_dir():
-        raise UserError(f"image folder {root} does not exist; expected root/<class>/<image> files")
+        what = "is a file, not a folder of class folders" if root.exists() else "does not exist"
+        raise UserError(f"image folder {root} {what}; expected root/<class>/<image> files")
     # Dot-folders and dot-files are tool debris (.ipynb_checkpoints, macOS ._x.jpg), never classes or images.
     classes = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
     if not classes:
@@ -166,16 +167,15 @@ def _read_cache(path: Path) -> tuple[ArrayDataset, list[str]] | None:
 
 
 def _write_cache(path: Path, ds: ArrayDataset, skipped: list[str]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    os.close(fd)
-    try:  # temp file + rename: a crash or a concurrent run never leaves a half-written cache under the real name
-        save_file({"images": ds.images, "labels": ds.labels}, tmp,
-                  metadata={"classes": json.dumps(ds.classes), "skipped": json.dumps(skipped)})
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    """The decoded folder, through the one atomic writer: a crash or a concurrent run never leaves half a cache
+    under the real name. A disk that refuses it costs only the next decoding, so that is a warning."""
+    try:
+        with files.replacing(path) as tmp:
+            save_file({"images": ds.images, "labels": ds.labels}, tmp,
+                      metadata={"classes": json.dumps(ds.classes), "skipped": json.dumps(skipped)})
+    except files.WriteFailure as e:
+        warnings.warn(f"cannot cache the decoded images in {e.path} ({e.error.strerror}); going on without (the "
+                      "folder is decoded again next time; data.cache_dir= turns the cache off)", stacklevel=3)
 
 
 def load_folder(root: str | Path, image_size: int | None = None, cache_dir: Path | None = None) -> ArrayDataset:

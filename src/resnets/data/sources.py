@@ -80,6 +80,9 @@ def _labelled_as(val, classes: list[str], root: Path):
 def load_train_val(data) -> tuple:
     """The training set and the set validated on, as a DataSection asks."""
     train, test = load_splits(data.path, data)
+    if len(train.classes) < 2:  # a network of one output learns nothing (its loss is 0 from the first step)
+        raise UserError(f"{data.path} holds one class ({train.classes[0]}); a classifier needs two or more: point "
+                        "data.path at the folder whose subfolders are the classes")
     if data.val_split:
         return split_validation(train, data.val_split, data.split_seed)
     if test is None:

@@ -45,8 +45,10 @@ class ResNetConfig:
             if getattr(self, name) not in allowed:
                 raise UserError(f"{name}={getattr(self, name)!r} is not one of {', '.join(allowed)}")
         # Recipes and checkpoints hand us lists; the config is hashable and frozen, so keep tuples.
-        object.__setattr__(self, "depths", tuple(self.depths))
-        object.__setattr__(self, "widths", tuple(self.widths))
+        for name in ("depths", "widths"):
+            if not isinstance(getattr(self, name), list | tuple):
+                raise UserError(f"{name} must be a list of positive integers, got {getattr(self, name)!r}")
+            object.__setattr__(self, name, tuple(getattr(self, name)))
         if len(self.depths) != len(self.widths) or not self.depths:
             raise UserError(f"depths {self.depths} and widths {self.widths} must be non-empty and of equal length")
         for name in ("stem_width", "num_classes", "in_channels", "groups", "width_per_group", "depths", "widths"):
