@@ -66,7 +66,7 @@ def _train(cfg: Config, run_dir: Path, resume: bool) -> dict:
                                 nesterov=cfg.optim.nesterov, weight_decay=cfg.optim.weight_decay)
     loader = BatchLoader(train_set, cfg.optim.batch_size, shuffle=True, pad=cfg.data.pad, flip=cfg.data.flip,
                          scale=cfg.data.scale if cfg.data.crop else None, seed=cfg.run.seed, drop_last=True,
-                         workers=workers, rank=rank, world=world)
+                         workers=workers, rank=rank, world=world, device=device)
     if len(loader) == 0:
         raise UserError(f"{world} x batch_size {cfg.optim.batch_size} exceeds the {len(train_set)} training images")
     schedule = in_iterations(cfg.schedule, len(loader))
