@@ -284,3 +284,15 @@ def test_loader_plain_order_and_drop_last():
     assert torch.equal(torch.cat([y for _, y in batches]), ds.labels)
     dropped = BatchLoader(ds, 16, shuffle=True, drop_last=True)
     assert len(dropped) == 3 and [len(y) for _, y in dropped.epoch(0)] == [16, 16, 16]
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="needs a CUDA GPU"))])
+def test_loader_on_the_device_gives_the_cpu_batches(device):
+    """Data held where the network runs (what training asks for) is batched and augmented as on the CPU, exactly."""
+    kw = {"shuffle": True, "pad": 2, "flip": True, "seed": 5, "drop_last": True}
+    on_cpu, resident = BatchLoader(toy(50), 8, **kw), BatchLoader(toy(50), 8, **kw, device=torch.device(device))
+    assert resident.ds.images.device.type == device
+    for (x, y), (xd, yd) in zip(on_cpu.epoch(2, start=1), resident.epoch(2, start=1), strict=True):
+        assert xd.device.type == yd.device.type == device
+        assert torch.equal(xd.cpu(), x) and torch.equal(yd.cpu(), y)

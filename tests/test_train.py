@@ -181,6 +181,19 @@ def test_compiled_model_matches_eager(tmp_path):
     assert compiled["train_loss"] == pytest.approx(eager["train_loss"], abs=1e-5)
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_gpu_step_with_cuda_graphs_learns_like_eager(tmp_path):
+    """benchmarks/table6_gpu.sh's path: data held on the GPU, fused SGD, bf16, compiled into CUDA graphs."""
+    from torch._dynamo.utils import counters
+
+    counters.clear()
+    graphs = train(tiny(**{"run.device": "cuda", "run.compile": True}), tmp_path / "graphs")
+    assert counters["inductor"]["cudagraph_skips"] == 0  # a skip falls back to launching every kernel: no gain
+    eager = train(tiny(**{"run.device": "cuda"}), tmp_path / "eager")
+    assert abs(graphs["val_top1_error"] - eager["val_top1_error"]) <= 0.05
+    assert abs(graphs["train_loss"] - eager["train_loss"]) <= 0.2
+
+
 def test_trains_on_a_cifar_archive_with_held_out_split(tmp_path):
     archive = make_cifar_archive(tmp_path, n_train=300, n_test=50)
     cfg = load_config("cifar10/resnet20", {"data.path": str(archive), "data.val_split": 100,

@@ -27,14 +27,28 @@ class ArrayDataset:
     def subset(self, index: torch.Tensor) -> "ArrayDataset":
         return ArrayDataset(self.images[index].contiguous(), self.labels[index], self.classes)
 
+    def to(self, device: torch.device) -> "ArrayDataset":
+        """The same images and labels held on `device` (not copied if they are there already)."""
+        return ArrayDataset(self.images.to(device), self.labels.to(device), self.classes)
+
     def load_batches(self, batches: list[torch.Tensor], workers: int = 0):
-        """(images, labels) for each index tensor in `batches`; `workers` matters only for streamed data."""
+        """(images, labels) for each index tensor in `batches`, on the images' device; `workers` matters only for
+        streamed data."""
         for index in batches:
+            index = to_device(index, self.images.device)
             yield self.images[index], self.labels[index]
 
     def sample(self, n: int, workers: int = 0) -> "ArrayDataset":
         """At most n images to compute normalisation statistics on: all of them, since they are in memory."""
         return self
+
+
+def to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """`t` on `device`, from the CPU to a GPU without waiting for it: a plain copy there first waits for all the
+    work queued on the GPU, so each batch's indices and crop offsets would stall the training step."""
+    if t.device.type != "cpu" or device.type != "cuda":
+        return t.to(device)
+    return t.pin_memory().to(device, non_blocking=True)  # pinned: the copy is queued, the CPU goes on
 
 
 def _array_dataset(images: np.ndarray, labels, classes: list[str]) -> ArrayDataset:

@@ -4,7 +4,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import UserError
-from .arrays import ArrayDataset
+from .arrays import ArrayDataset, to_device
 
 
 def pad_crop_flip(images: torch.Tensor, pad: int, flip: bool, generator: torch.Generator, first: int = 0,
@@ -26,7 +26,7 @@ def pad_crop_flip(images: torch.Tensor, pad: int, flip: bool, generator: torch.G
     if flip:
         mirror = (torch.rand(n, 1, generator=generator, device=g) < 0.5)[mine]
         cols = torch.where(mirror, cols.flip(1), cols)  # reading columns right to left mirrors the crop
-    rows, cols = rows.to(images.device), cols.to(images.device)
+    rows, cols = to_device(rows, images.device), to_device(cols, images.device)
     batch = torch.arange(b, device=images.device)[:, None, None]
     padded = F.pad(images, (pad, pad, pad, pad)).permute(0, 2, 3, 1)  # (B, H+2p, W+2p, C): gather whole pixels
     return padded[batch, rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2).contiguous()

@@ -6,6 +6,7 @@ from collections.abc import Iterator
 
 import torch
 
+from .arrays import ArrayDataset
 from .augment import pad_crop_flip
 
 
@@ -29,13 +30,18 @@ class BatchLoader:
     draw them, and process `rank` takes its batch_size slice: N processes together see exactly the batches of
     one process with N times the batch. Without drop_last (evaluation) nothing is padded: every image is in
     exactly one process's slice, and a process may get a smaller last batch or none.
+
+    With `device`, a dataset held in memory is moved there once (unless it would take more than a quarter of a
+    GPU's free memory) and every batch is gathered and augmented there, from the same random draws: the batches
+    are those of the CPU, with no copy of images per step. Streamed datasets ignore it.
     """
 
     def __init__(self, ds, batch_size: int, *, shuffle: bool, pad: int = 0, flip: bool = False, scale=None,
-                 seed: int = 0, drop_last: bool = False, workers: int = 0, rank: int = 0, world: int = 1):
+                 seed: int = 0, drop_last: bool = False, workers: int = 0, rank: int = 0, world: int = 1,
+                 device: torch.device | None = None):
         if batch_size < 1:
             raise ValueError(f"batch_size must be positive, not {batch_size}")
-        self.ds, self.batch_size, self.shuffle = ds, batch_size, shuffle
+        self.ds, self.batch_size, self.shuffle = _resident(ds, device), batch_size, shuffle
         self.pad, self.flip, self.scale, self.seed, self.drop_last = pad, flip, scale, seed, drop_last
         self.workers, self.rank, self.world = workers, rank, world
 
@@ -72,6 +78,15 @@ class BatchLoader:
 
     def _mine(self) -> slice:
         return slice(self.rank * self.batch_size, (self.rank + 1) * self.batch_size)
+
+
+def _resident(ds, device: torch.device | None):
+    """`ds` with its arrays on `device` if it is held in memory and leaves the GPU's memory to the network."""
+    if device is None or not isinstance(ds, ArrayDataset):
+        return ds
+    if device.type == "cuda" and ds.images.nbytes > torch.cuda.mem_get_info(device)[0] // 4:
+        return ds
+    return ds.to(device)
 
 
 def _scale_crop_flip_items(index: torch.Tensor, scale, flip: bool, generator: torch.Generator) -> list[tuple]:
