@@ -44,10 +44,10 @@ def test_one_class_and_an_image_file_as_data_are_refused_in_one_line(tmp_path, m
     one = make_image_folder(tmp_path / "one", classes=1, per_class=3, size=8)
     image = next((one / "c0").iterdir())
     monkeypatch.chdir(tmp_path)
-    cases = [(f"data.path={one}", f"{one} holds one class (c0); a classifier needs two or more: point data.path at "
-                                  "the folder whose subfolders are the classes"),
-             (f"data.path={image}", f"image folder {image} is a file, not a folder of class folders; expected "
-                                    "root/<class>/<image> files")]
+    cases = [(f"data.path={one}", (f"{one} holds one class (c0); a classifier needs two or more: point data.path "
+                                   "at the folder whose subfolders are the classes")),
+             (f"data.path={image}", (f"image folder {image} is a file, not a folder of class folders; expected "
+                                     "root/<class>/<image> files"))]
     for override, message in cases:
         assert main(["train", override, "data.val_split=1", "data.cache_dir=", *tiny_args()]) == 2
         assert capsys.readouterr().err == f"resnets train: error: {message}\n"
