@@ -17,7 +17,7 @@ SCRIPT = Path(__file__).parents[1] / "benchmarks" / "table6_gpu.sh"
 
 def run_script(data: Path, out: Path, env: dict, *overrides: str) -> subprocess.CompletedProcess:
     return subprocess.run(["bash", str(SCRIPT), str(data), str(out), *overrides], capture_output=True, text=True,
-                          timeout=120, env={**os.environ, "PYTHON": sys.executable, **env})
+                          timeout=300, env={**os.environ, "PYTHON": sys.executable, **env}, check=False)
 
 
 def test_cpu_path_trains_each_network_where_table6_finds_it(tmp_path):
@@ -26,8 +26,8 @@ def test_cpu_path_trains_each_network_where_table6_finds_it(tmp_path):
     env = {"DEPTHS": "20 32", "ITERATIONS": "6", "VAL_SPLIT": "6"}
     done = run_script(data, out, env, "optim.batch_size=8", f"data.cache_dir={tmp_path / 'cache'}")
     assert done.returncode == 0, done.stdout + done.stderr
-    assert "GPU: none" in done.stdout and re.search(r"^resnet20: \d+\.\d s$", done.stdout, re.M)
-    assert re.search(r"^resnet32: \d+\.\d s$", done.stdout, re.M) and "training wall time" in done.stdout
+    assert "GPU: none" in done.stdout and re.search(r"^resnet20: \d+\.\d s$", done.stdout, re.MULTILINE)
+    assert re.search(r"^resnet32: \d+\.\d s$", done.stdout, re.MULTILINE) and "training wall time" in done.stdout
     for depth in (20, 32):
         run_dir = out / f"resnet{depth}-seed0"
         metrics = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
@@ -46,6 +46,6 @@ def test_a_failed_run_fails_the_script_and_says_why(tmp_path):
     fake.write_text('#!/bin/sh\ncase "$*" in *resnet32*) echo "resnets train: error: it broke" >&2; exit 2;; esac\n')
     fake.chmod(0o755)
     done = run_script(tmp_path / "data", tmp_path / "table6", {"DEPTHS": "20 32", "PYTHON": str(fake)})
-    assert done.returncode == 1 and re.search(r"^resnet20: \d+\.\d s$", done.stdout, re.M)
+    assert done.returncode == 1 and re.search(r"^resnet20: \d+\.\d s$", done.stdout, re.MULTILINE)
     assert "resnet32: FAILED (exit 2)" in done.stdout and "resnets train: error: it broke" in done.stdout
     assert "failed: resnet32; the table was not written" in done.stderr
