@@ -119,7 +119,7 @@ def test_two_machines_train_together_and_resume_under_torchrun(two_machines, ima
     assert stdout.count("training resnet18") == 1 and stdout.count("iter      8/8") == 1
     assert [json.loads(line)["iteration"] for line in (out / "metrics.jsonl").read_text().splitlines()] == [4, 8]
     assert sorted(p.name for p in out.iterdir()) == ["config.toml", "curves.png", "iter-0000004.pt",
-                                                     "iter-0000008.pt", "metrics.jsonl"]
+                                                     "iter-0000008.pt", "legs.jsonl", "metrics.jsonl"]
     with pytest.raises(UserError, match="trained by 2 processes"):
         train(load_config(out / "config.toml"), out, resume=True)
 
