@@ -178,7 +178,8 @@ def quantize_int8(model: ResNet, calibration: Iterable[torch.Tensor],
 def auto_mode(device: torch.device) -> str:
     """The fastest mode that needs neither compilation nor calibration and runs natively on `device`: bf16 where
     the hardware multiplies bf16 (AMX, AVX512-BF16, recent GPUs), folded fp32 elsewhere -- on an AVX2-only EPYC,
-    emulated bf16 ran resnet50 five times slower than fp32 (docs/SPEED.md)."""
+    emulated bf16 ran resnet50 five times slower than fp32 (issue 14: benchmarks/infer_speed.py --cells resnet50:16,
+    1.5 images/s in bf16 against 7.7 in fp32)."""
     return "bf16" if use_bf16("auto", device) else "folded"
 
 
