@@ -117,6 +117,7 @@ class ResNet(nn.Module):
         self.avgpool = nn.AdaptiveAvgPool2d(1)
         self.num_features = channels
         self.fc = nn.Linear(channels, c.num_classes)
+        self.frozen_stages = 0  # see freeze()
         self._init_weights()
 
     def _init_weights(self) -> None:
@@ -142,11 +143,37 @@ class ResNet(nn.Module):
             x = stage(x)
         return self.norm(x)
 
-    def forward_head(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc(torch.flatten(self.avgpool(x), 1))
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        """Logits of forward_features' maps; with pre_logits, the pooled (B, num_features) features instead (timm's
+        name): what `resnets embed` hands to other tools."""
+        x = torch.flatten(self.avgpool(x), 1)
+        return x if pre_logits else self.fc(x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_head(self.forward_features(x))
+
+    def freeze(self, stages: int) -> None:
+        """Fix the stem and the first `stages` stages for fine-tuning (all of them: the final norm too, leaving the
+        classifier alone to learn): their parameters stop taking gradients and their BN layers stay in eval mode
+        whatever train() is asked, so their running statistics never change either."""
+        if not 0 <= stages <= len(self.stage_names):
+            raise UserError(f"cannot freeze {stages} stages of a network of {len(self.stage_names)}")
+        self.frozen_stages = stages
+        for module in self._frozen():
+            module.requires_grad_(False)
+        self.train(self.training)
+
+    def _frozen(self) -> list[nn.Module]:
+        if not self.frozen_stages:
+            return []
+        everything = self.frozen_stages == len(self.stage_names)
+        return [self.conv1, self.bn1, *self.stages()[: self.frozen_stages], *([self.norm] if everything else [])]
+
+    def train(self, mode: bool = True) -> "ResNet":
+        super().train(mode)
+        for module in self._frozen():
+            module.eval()  # frozen BN normalises with its stored statistics and does not update them
+        return self
 
     def reset_classifier(self, num_classes: int) -> None:
         """A new, freshly initialised classifier for fine-tuning on `num_classes` classes."""

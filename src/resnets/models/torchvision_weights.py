@@ -1,5 +1,6 @@
 """Weights interchange with torchvision: same keys and shapes for option-B post-activation presets."""
 
+import pickle
 from pathlib import Path
 
 import torch
@@ -7,6 +8,27 @@ import torch
 from ..errors import UserError
 from .registry import create_model
 from .resnet import ResNet
+
+# What torchvision's ImageNet weights (IMAGENET1K_V1, the files named <arch>-<hash>.pth) were trained and are
+# evaluated with: per-channel mean and std of ImageNet, shorter side resized to 256, centre 224 crop
+# (torchvision.models.ResNet50_Weights.IMAGENET1K_V1.transforms()). The input of `normalize`: (x / 255 - mean) / std.
+PREPROCESSING = {"mean": (0.485, 0.456, 0.406), "std": (0.229, 0.224, 0.225), "input_size": 224, "resize": 256}
+
+
+def read_torchvision(path: str | Path) -> dict:
+    """The state_dict in a torchvision weights file, loaded with weights_only=True so no code runs."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    # A missing file, a damaged zip, a pickle that is not weights (or wants to run code), an empty file.
+    except (OSError, RuntimeError, pickle.UnpicklingError, EOFError, ValueError) as e:
+        reason = str(e).strip().splitlines()[0][:120] if str(e).strip() else type(e).__name__
+        raise UserError(f"cannot read torchvision weights {path}: {reason}") from None
+
+
+def torchvision_preprocessing() -> dict:
+    """PREPROCESSING as the tensors a checkpoint's preprocessing holds: mean and std of shape (3, 1, 1)."""
+    tensors = {k: torch.tensor(PREPROCESSING[k]).view(3, 1, 1) for k in ("mean", "std")}
+    return {**PREPROCESSING, **tensors, "in_channels": 3}
 
 
 def from_torchvision(name: str, weights: str | Path | dict) -> ResNet:
@@ -16,10 +38,7 @@ def from_torchvision(name: str, weights: str | Path | dict) -> ResNet:
     loaded with weights_only=True so no code runs.
     """
     if not isinstance(weights, dict):
-        try:
-            weights = torch.load(weights, map_location="cpu", weights_only=True)
-        except (OSError, RuntimeError) as e:
-            raise UserError(f"cannot read torchvision weights {weights}: {e}") from e
+        weights = read_torchvision(weights)
     num_classes = weights["fc.weight"].shape[0] if "fc.weight" in weights else None
     model = create_model(name, num_classes, stride_in_1x1=False)
     try:
