@@ -108,6 +108,11 @@ def _flat(table: dict, prefix: str = "") -> dict:
     (["schedule.gamma=0"], "schedule.gamma must be in (0, 1], got 0.0"),
     (["model.options={depths = 3}"], "depths must be a list of positive integers, got 3"),
     (["run.seed=99999999999999999999"], "run.seed=99999999999999999999 does not fit in 64 bits"),
+    (["model.freeze=-1"], "model.freeze must be in [0, 65536], got -1"),
+    (["model.freeze=4"], "model.freeze=4 but resnet20 has 3 stages; freeze at most 3"),
+    (["optim.backbone_lr_factor=0"], "optim.backbone_lr_factor must be in (0, 1], got 0.0"),
+    (["data.stats=mean"], "data.stats='mean' is not one of init, data"),
+    (["model.init=[1]"], "model.init must be str, got [1]"),
 ])
 def test_the_issues_bad_values_are_one_line_exit_2_before_anything_is_written(args, message, tmp_path, monkeypatch,
                                                                               capsys):

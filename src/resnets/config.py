@@ -16,6 +16,10 @@ from .models import ResNetConfig, model_config
 class ModelSection:
     name: str = "resnet20"
     options: dict = field(default_factory=dict)  # any ResNetConfig field, e.g. {shortcut = "B"}
+    # Fine-tuning (resnets.finetune): start from these weights instead of random ones: a torchvision weights file,
+    # a checkpoint or run directory of ours, or a safetensors export. "" = from scratch.
+    init: str = ""
+    freeze: int = 0  # freeze the stem and the first N stages, BN statistics included (0: train everything)
 
 
 @dataclass
@@ -40,6 +44,9 @@ class DataSection:
     scale: list[int] = field(default_factory=list)
     resize: int = 0  # evaluation: shorter side resized to this before the centre crop (256); 0 = crop
     lighting: float = 0.0  # std of AlexNet's PCA colour noise (the paper's "standard color augmentation": 0.1)
+    # With model.init: "init" normalises with the mean and std the weights were trained with (the network expects
+    # them), "data" estimates new ones from this data as data.normalize says. Without model.init: always "data".
+    stats: str = "init"
 
 
 @dataclass
@@ -52,6 +59,9 @@ class OptimSection:
     nesterov: bool = False
     weight_decay: float = 1e-4
     label_smoothing: float = 0.0
+    # The lr of every layer but the classifier, as a fraction of lr: fine-tuning changes trained layers less than
+    # the new classifier (resnets.finetune.param_groups).
+    backbone_lr_factor: float = 1.0
 
 
 @dataclass
@@ -124,6 +134,7 @@ CHOICES = {
     "data.normalize": ("pixel_mean", "channel"),
     "data.loader": ("auto", "memory", "stream"),
     "run.precision": ("auto", "bf16", "fp32"),
+    "data.stats": ("init", "data"),
 }
 # Where each number may lie, in interval notation ("[" and "]" include the end, "(" and ")" exclude it; a list's
 # interval holds for each item), checked whatever the value's source (recipe, override, a run's config.toml), so
@@ -132,9 +143,10 @@ CHOICES = {
 RANGES = {
     "data.val_split": "[0, inf)", "data.pad": "[0, 65536]", "data.image_size": "[0, 65536]",
     "data.workers": "[0, 1024]", "data.crop": "[0, 65536]", "data.scale": "[1, 65536]", "data.resize": "[0, 65536]",
-    "data.lighting": "[0, inf)",
+    "data.lighting": "[0, inf)", "model.freeze": "[0, 65536]",
     "optim.batch_size": "[1, inf)", "optim.lr": "(0, inf)", "optim.momentum": "[0, 1)",
     "optim.weight_decay": "[0, inf)", "optim.label_smoothing": "[0, 1)",
+    "optim.backbone_lr_factor": "(0, 1]",
     "schedule.iterations": "[1, inf)", "schedule.milestones": "[0, inf)", "schedule.gamma": "(0, 1]",
     "schedule.warmup_iterations": "[0, inf)", "schedule.warmup_factor": "[0, 1]", "schedule.patience": "[1, inf)",
     "schedule.min_delta": "[0, 1]",
@@ -218,7 +230,7 @@ def _set(cfg: Config, key: str, value) -> None:
         for option, option_value in value.items():
             _set_model_option(cfg, str(option), option_value)
         return
-    if section_name == "model" and name != "name":
+    if section_name == "model" and name not in _field_names(ModelSection):
         _set_model_option(cfg, name, value)
         return
     section = getattr(cfg, section_name, None) if section_name in SECTIONS else None
@@ -226,6 +238,10 @@ def _set(cfg: Config, key: str, value) -> None:
     if name not in types_:
         raise UserError(f"unknown config key {key!r}{_suggest(key)}")
     setattr(section, name, _check_type(key, value, types_[name]))
+
+
+def _field_names(section) -> set[str]:
+    return {f.name for f in fields(section)}
 
 
 def _set_model_option(cfg: Config, name: str, value) -> None:
@@ -299,8 +315,7 @@ def load_config(recipe: str | None = None, overrides: list[str] | dict = ()) -> 
             table = tomllib.loads(path.read_text())
         except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
             raise UserError(f"recipe {path} is not valid TOML: {e}") from None
-        for key, value in _flatten(table).items():
-            _set(cfg, key, value)
+        _apply(cfg, table)
     items = overrides.items() if isinstance(overrides, dict) else [_split(o) for o in overrides]
     for key, value in items:
         _set(cfg, _resolve_key(key), parse_value(value) if isinstance(value, str) else value)
@@ -309,10 +324,28 @@ def load_config(recipe: str | None = None, overrides: list[str] | dict = ()) -> 
     return cfg
 
 
+def from_dict(table: dict) -> Config:
+    """A config saved as a table (Config.to_dict(), e.g. a checkpoint's), checked as a recipe is. Keys added since
+    it was saved take their defaults, which is what the run that saved it trained with."""
+    cfg = Config()
+    _apply(cfg, table)
+    _check_together(cfg)
+    return cfg
+
+
+def _apply(cfg: Config, table: dict) -> None:
+    for key, value in _flatten(table).items():
+        _set(cfg, key, value)
+
+
 def _check_together(cfg: Config) -> None:
     """Values fine one by one but not with each other."""
     if cfg.optim.nesterov and not cfg.optim.momentum:
         raise UserError("optim.nesterov=true needs momentum: set optim.momentum above 0 (the paper's is 0.9)")
+    stages = len(cfg.model_config(num_classes=10, in_channels=3).depths)
+    if cfg.model.freeze > stages:
+        raise UserError(f"model.freeze={cfg.model.freeze} but {cfg.model.name} has {stages} stages; freeze at most "
+                        f"{stages} (all of them: only the classifier learns)")
     _check_crop(cfg.data)
 
 
