@@ -25,8 +25,8 @@ import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from . import checkpoint, distributed, files, hardware
-from .config import Config, load_config
+from . import checkpoint, distributed, files, finetune, hardware
+from .config import Config, from_dict, load_config
 from .data import BatchLoader, default_workers, lighting, load_train_val, normalization_stats, normalize
 from .errors import UserError
 from .evaluate import autocast, evaluate
@@ -58,6 +58,7 @@ def _train(cfg: Config, run_dir: Path, resume: bool) -> dict:
     workers = default_workers(cfg.data.workers)
     in_channels, size, _ = train_set.image_shape
     model = ResNet(cfg.model_config(len(train_set.classes), in_channels)).to(device)
+    model.freeze(cfg.model.freeze)
     if cfg.run.sync_bn:
         model = distributed.sync_batchnorm(model, device)
     if cfg.run.channels_last:
@@ -65,8 +66,9 @@ def _train(cfg: Config, run_dir: Path, resume: bool) -> dict:
 
     # The paper decays every weight (Caffe's default), BN included; so do we. N processes take N times the
     # images per step at N times the lr (the linear scaling rule; OptimSection). On a GPU the update is one fused
-    # pass over all the weights (the default, foreach, makes several).
-    optimizer = torch.optim.SGD(model.parameters(), lr=cfg.optim.lr * world, momentum=cfg.optim.momentum,
+    # pass over all the weights (the default, foreach, makes several). Fine-tuning may train the backbone slower.
+    groups = finetune.param_groups(model, cfg.optim.backbone_lr_factor, cfg.optim.lr * world)
+    optimizer = torch.optim.SGD(groups, lr=cfg.optim.lr * world, momentum=cfg.optim.momentum,
                                 nesterov=cfg.optim.nesterov, weight_decay=cfg.optim.weight_decay,
                                 fused=True if device.type == "cuda" else None)
     loader = BatchLoader(train_set, cfg.optim.batch_size, shuffle=True, pad=cfg.data.pad, flip=cfg.data.flip,
@@ -84,10 +86,11 @@ def _train(cfg: Config, run_dir: Path, resume: bool) -> dict:
         iteration, history, preprocessing = _restore(run_dir, cfg, model, optimizer, scheduler, world)
     elif checkpoint.checkpoints(run_dir):
         raise UserError(f"{run_dir} already holds a run; resume it with --resume or choose another --out")
-    if preprocessing is None:
+    if preprocessing is None:  # a fresh start: model.init's weights (if any), the statistics to normalise with
+        stats = finetune.start(cfg, model, train_set) if cfg.model.init else None
+        mean, std = stats if stats is not None else _normalization(train_set, cfg.data.normalize, workers)
         # Everything predict/export need to feed the network a new image: shorter side resized to `resize`,
         # centre crop of `input_size`, channels, then (x / 255 - mean) / std.
-        mean, std = _normalization(train_set, cfg.data.normalize, workers)
         preprocessing = {"mean": mean, "std": std, "input_size": size,
                          "resize": (cfg.data.resize or size) if cfg.data.crop else size, "in_channels": in_channels}
     mean, std = preprocessing["mean"].to(device), preprocessing["std"].to(device)
@@ -111,6 +114,8 @@ def _train(cfg: Config, run_dir: Path, resume: bool) -> dict:
         print(f"training {cfg.model.name} on {len(train_set)} images ({len(train_set.classes)} classes), validating "
               f"on {len(val_set)}; {total} iterations of {cfg.optim.batch_size}"
               f"{f' x {world} processes' if world > 1 else ''}; run directory {run_dir}\n{machine}")
+        if model.frozen_stages:
+            print(finetune.frozen(model))
     model.train()
     meter = Meter()
     while iteration < total:
@@ -334,7 +339,8 @@ def _check_same_config(run_dir: Path, cfg: Config) -> None:
 def _load_state(path: Path, state: dict, cfg: Config, model, optimizer, scheduler, world) -> tuple[int, list[dict]]:
     """A checkpoint's state into the live objects, and its (iteration, history); UserError if it is another
     run's or another network's."""
-    if state.get("config") != cfg.to_dict():
+    # Through from_dict: keys added since the checkpoint was written take the defaults it trained with.
+    if from_dict(state.get("config") or {}).to_dict() != cfg.to_dict():
         raise UserError(f"{path} was written with a different config")
     theirs = state.get("model_config") or {}
     if theirs.get("num_classes") != model.config.num_classes:

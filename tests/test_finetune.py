@@ -1,0 +1,191 @@
+"""Issue 18: fine-tune a trained ResNet on your own images (model.init, model.freeze, the backbone's lr, embed)."""
+
+import importlib.util
+import json
+import re
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torchvision
+
+from resnets import checkpoint, finetune, load_model
+from resnets.cli import main
+from resnets.config import load_config
+from resnets.data import load_folder, normalize
+from resnets.errors import UserError
+from resnets.train import train
+
+from .conftest import torch_threads
+from .fakedata import make_image_folder
+
+ROOT = Path(__file__).parent.parent
+
+
+def finetuning(init, data: Path, **overrides):
+    """finetune/resnet20 on a 3-class folder of 12 images (6 held out), 6 steps of 8: a second or two."""
+    base = {"model.init": str(init), "data.path": str(data), "data.val_split": 6, "data.cache_dir": "",
+            "optim.batch_size": 8, "schedule.unit": "iteration", "schedule.iterations": 6,
+            "schedule.warmup_iterations": 2, "run.eval_every": 3, "run.keep_checkpoints": 5}
+    return load_config("finetune/resnet20", {**base, **overrides})
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    """The new task: 3 classes (c0, c1, c2) of 32x32 RGB images."""
+    return make_image_folder(tmp_path_factory.mktemp("task") / "task", classes=3, per_class=6, size=32)
+
+
+@pytest.fixture(scope="module")
+def source(tmp_path_factory):
+    """A 'trained' ResNet-20 of ours: 4 classes of 32x32 images, 4 steps (its weights, BN statistics and per-pixel
+    mean are no longer the initial ones)."""
+    root = make_image_folder(tmp_path_factory.mktemp("source") / "images", classes=4, per_class=6, size=32)
+    cfg = load_config("cifar10/resnet20", {"data.path": str(root), "data.val_split": 4, "data.cache_dir": "",
+                                           "optim.batch_size": 8, "schedule.iterations": 4, "run.eval_every": 4})
+    run = tmp_path_factory.mktemp("source") / "run"
+    with torch_threads(1):
+        train(cfg, run)
+    return run
+
+
+def trained(run: Path) -> dict:
+    return checkpoint.load(run)["model"]
+
+
+def test_torchvision_weights_start_a_finetuning_run(tmp_path, data, monkeypatch, capsys, one_thread):
+    """A torchvision file (torchvision's own module, random weights) loads: every backbone tensor as in the file at
+    step 0, a new 3-class classifier, torchvision's ImageNet statistics."""
+    weights = torchvision.models.resnet18().state_dict()
+    torch.save(weights, tmp_path / "resnet18-random.pth")
+    at_start = {}
+    start = finetune.start
+
+    def spy(cfg, model, train_set):  # the model as the first step will find it
+        stats = start(cfg, model, train_set)
+        at_start.update({k: v.clone() for k, v in model.state_dict().items()})
+        return stats
+
+    monkeypatch.setattr(finetune, "start", spy)
+    cfg = finetuning(tmp_path / "resnet18-random.pth", data, **{"model.name": "resnet18"})
+    train(cfg, tmp_path / "run")
+    backbone = [k for k in weights if not k.startswith("fc.")]
+    assert len(backbone) == 120 and all(torch.equal(at_start[k], weights[k]) for k in backbone)
+    assert at_start["fc.weight"].shape == (3, 512) and weights["fc.weight"].shape == (1000, 512)
+    ckpt = checkpoint.load(tmp_path / "run")
+    assert ckpt["model_config"]["num_classes"] == 3 and ckpt["classes"] == ["c0", "c1", "c2"]
+    assert ckpt["preprocessing"]["mean"].flatten().tolist() == pytest.approx([0.485, 0.456, 0.406])
+    out = capsys.readouterr().out
+    assert "120 tensors (11,176,512 parameters) from torchvision weights" in out
+    assert "new, freshly initialised: fc.weight, fc.bias (3 classes; the weights' classifier had 1000)" in out
+    assert "the weights' own statistics (per-channel" in out
+
+
+def test_our_checkpoint_keeps_its_statistics_unless_asked(tmp_path, data, source, one_thread):
+    """The per-pixel mean the source was trained with, not one of the new images; data.stats=data re-estimates."""
+    train(finetuning(source, data), tmp_path / "kept")
+    assert torch.equal(checkpoint.load(tmp_path / "kept")["preprocessing"]["mean"],
+                       checkpoint.load(source)["preprocessing"]["mean"])
+    train(finetuning(source, data, **{"data.stats": "data"}), tmp_path / "new")
+    images = load_folder(data, 32).images  # data.val_split holds out 6 of them: the mean is of the other 12
+    new = checkpoint.load(tmp_path / "new")["preprocessing"]["mean"]
+    assert not torch.equal(new, checkpoint.load(source)["preprocessing"]["mean"])
+    assert (new - images.double().mean(0) / 255).abs().max() < 0.2
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ({"model.name": "resnet32"}, "does not fit resnet32: they have no layer1.3.conv1.weight"),
+    ({"model.name": "plain20"}, "does not fit plain20: they were trained as shortcut='A', this run builds 'none'"),
+    ({"model.shortcut": "C"}, "does not fit resnet20: they have no layer1.0.downsample.0.weight"),
+])
+def test_another_architecture_is_one_line_exit_2(tmp_path, data, source, overrides, message, capsys, one_thread):
+    args = [f"{k}={v}" for k, v in {**overrides, "model.init": source, "data.path": data, "data.val_split": 6,
+                                      "data.cache_dir": '""', "optim.batch_size": 8}.items()]
+    assert main(["train", "--recipe", "finetune/resnet20", *args, "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1, err
+    assert not (tmp_path / "run").exists()  # nothing written
+
+
+def test_torchvision_shapes_and_stride_are_checked(tmp_path, data, one_thread):
+    torch.save(torchvision.models.resnet18().state_dict(), tmp_path / "resnet18.pth")
+    with pytest.raises(UserError, match=r"their conv1.weight is \(64, 3, 7, 7\), resnet20's \(16, 3, 3, 3\)"):
+        train(finetuning(tmp_path / "resnet18.pth", data), tmp_path / "run")
+    torch.save(torchvision.models.resnet50().state_dict(), tmp_path / "resnet50.pth")
+    with pytest.raises(UserError, match="stride on the 3x3 .* set model.stride_in_1x1=false"):
+        train(finetuning(tmp_path / "resnet50.pth", data, **{"model.name": "resnet50"}), tmp_path / "run")
+    (tmp_path / "junk.pth").write_bytes(b"not weights")
+    with pytest.raises(UserError, match="junk.pth") as e:
+        train(finetuning(tmp_path / "junk.pth", data), tmp_path / "run")
+    assert "\n" not in str(e.value)
+
+
+def test_a_per_pixel_mean_needs_images_of_its_size(tmp_path, data, source, one_thread):
+    with pytest.raises(UserError, match=r"per-pixel mean of 32x32 images, and this data gives 16x16.*data.stats=data"):
+        train(finetuning(source, data, **{"data.image_size": 16}), tmp_path / "run")
+
+
+@pytest.mark.parametrize("stages", [1, 3])
+def test_freeze_leaves_frozen_weights_and_bn_statistics_bit_identical(tmp_path, data, source, stages, capsys,
+                                                                       one_thread):
+    train(finetuning(source, data, **{"model.freeze": stages}), tmp_path / "run")
+    before, after = trained(source), trained(tmp_path / "run")
+    frozen = ("conv1.", "bn1.", *(f"layer{i}." for i in range(1, stages + 1)))
+    fixed = [k for k in after if k.startswith(frozen)]
+    assert any(k.endswith("running_var") for k in fixed) and any(k.endswith("num_batches_tracked") for k in fixed)
+    assert all(torch.equal(before[k], after[k]) for k in fixed)
+    learned = [k for k in after if not k.startswith(frozen) and not k.startswith("fc.")]
+    assert len(learned) == {1: 72, 3: 0}[stages]  # layer2 and layer3's, or none
+    assert all(not torch.equal(before[k], after[k]) for k in learned if k.endswith(("weight", "running_mean")))
+    assert f"model.freeze={stages}: stem and layer1" in capsys.readouterr().out
+
+
+def test_the_backbone_learns_at_a_fraction_of_the_lr(tmp_path, data, source, one_thread):
+    train(finetuning(source, data), tmp_path / "run")
+    groups = checkpoint.load(tmp_path / "run")["optimizer"]["param_groups"]
+    assert [len(g["params"]) for g in groups] == [57, 2]  # the 57 tensors before fc, then fc
+    assert groups[0]["initial_lr"] == pytest.approx(0.1 * groups[1]["initial_lr"]) and groups[1]["initial_lr"] == 0.05
+
+
+def test_finetuning_resumes_bit_exactly_without_the_init(tmp_path, data, source, one_thread):
+    """Resuming needs only the run's own checkpoint: the weights it started from may be gone."""
+    reference = tmp_path / "reference"
+    train(finetuning(source, data, **{"model.freeze": 1}), reference)
+    init = shutil.copytree(source, tmp_path / "init")
+    interrupted = tmp_path / "interrupted"
+    cfg = finetuning(init, data, **{"model.freeze": 1})
+    train(cfg, interrupted)
+    for later in checkpoint.checkpoints(interrupted)[1:]:
+        later.unlink()  # as if killed just after iteration 3's checkpoint
+    shutil.rmtree(init)
+    train(cfg, interrupted, resume=True)
+    a, b = checkpoint.load(reference), checkpoint.load(interrupted)
+    assert a["iteration"] == b["iteration"] == 6
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+    assert [m["val_loss"] for m in a["history"]] == [m["val_loss"] for m in b["history"]]
+
+
+def test_checkpoints_from_before_finetuning_still_resume(tmp_path, one_thread):
+    """A run written before the fine-tuning keys existed: its config.toml and checkpoints lack them."""
+    from .test_train import tiny
+
+    added = {"model": ("init", "freeze"), "data": ("stats",), "optim": ("backbone_lr_factor",)}
+    short = {"schedule.iterations": 8, "run.eval_every": 4, "schedule.milestones": [6]}
+    train(tiny(**short), tmp_path / "reference")
+    old = tmp_path / "old"
+    train(tiny(**short), old)
+    for later in checkpoint.checkpoints(old)[1:]:
+        later.unlink()
+    (path,) = checkpoint.checkpoints(old)
+    state = checkpoint.load(path)
+    for section, keys in added.items():
+        for key in keys:
+            del state["config"][section][key]
+    checkpoint.save_atomic(state, path)
+    text = (old / "config.toml").read_text()
+    (old / "config.toml").write_text(re.sub(r"^(init|freeze|stats|backbone_lr_factor) = .*\n", "", text, flags=re.MULTILINE))
+    train(load_config(old / "config.toml"), old, resume=True)
+    a, b = checkpoint.load(tmp_path / "reference"), checkpoint.load(old)
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
