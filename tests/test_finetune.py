@@ -189,3 +189,30 @@ def test_checkpoints_from_before_finetuning_still_resume(tmp_path, one_thread):
     train(load_config(old / "config.toml"), old, resume=True)
     a, b = checkpoint.load(tmp_path / "reference"), checkpoint.load(old)
     assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+
+
+def test_embed_gives_the_pooled_features_of_forward_features(tmp_path, source, capsys):
+    images = make_image_folder(tmp_path / "images", classes=2, per_class=3, size=40, extras=True)
+    capsys.readouterr()
+    assert main(["embed", str(source), str(images), "--out", str(tmp_path / "f.npy"), "--batch-size", "4"]) == 1
+    out, err = capsys.readouterr()
+    # 6 noise images, a grey BMP, an RGBA PNG, a palette GIF and a truncated JPEG (notes.txt is no image file).
+    assert "10 images x 64 features" in out and "1 unreadable: rows of NaN" in out
+    assert err.count("\n") == 1 and "corrupt.jpg" in err
+    features = np.load(tmp_path / "f.npy")
+    assert main(["embed", str(source), str(images), "--json"]) == 1
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    readable = [i for i, line in enumerate(lines) if "features" in line]
+    assert len(lines) == 10 and len(readable) == 9 and np.isnan(features[[i for i in range(10) if i not in readable]]).all()
+    # The same rows from the model directly: forward_features, then the global average pool.
+    model, info = load_model(source)
+    from resnets.predict import read_batches
+
+    (_, decoded), = read_batches([Path(lines[i]["path"]) for i in readable], info["preprocessing"], 64)
+    x = normalize(torch.stack(decoded), info["preprocessing"]["mean"], info["preprocessing"]["std"])
+    with torch.no_grad():
+        expected = model.avgpool(model.forward_features(x)).flatten(1)
+    torch.testing.assert_close(torch.from_numpy(features[readable]), expected, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(torch.tensor([lines[i]["features"] for i in readable]), expected, rtol=1e-5, atol=1e-6)
+    with pytest.raises(SystemExit):  # argparse: one of --out and --json is required
+        main(["embed", str(source), str(images)])

@@ -195,6 +195,31 @@ def cmd_predict(args) -> int:
         return 1  # some files were not classified
 
 
+def cmd_embed(args) -> int:
+    from .embed import embed, save_npy
+    from .export import load_model
+    from .hardware import pick_device
+    from .predict import MAX_PIXELS, image_files
+
+    model, info = load_model(args.checkpoint, pick_device(args.device))
+    results, failed = [], 0
+    for result in embed(model, info, image_files(args.inputs), args.batch_size, args.max_pixels or MAX_PIXELS):
+        if "error" in result:
+            failed += 1
+            print(f"resnets embed: error: {shown(result['path'])}: {shown(result['error'])}", file=sys.stderr)
+        if args.json:  # one object per image and line, as predict --json
+            print(json.dumps({**result, **({"features": result["features"].tolist()} if "error" not in result
+                                           else {})}), flush=True)
+        else:
+            results.append(result)
+    if args.out:
+        rows = save_npy(results, model.num_features, args.out)
+        print(f"wrote {args.out}: {rows.shape[0]} images x {rows.shape[1]} features (float32), one row per file in "
+              f"the order listed" + (f"; {failed} unreadable: rows of NaN" if failed else ""))
+    if failed:
+        return 1  # some files were not embedded
+
+
 def cmd_export(args) -> None:
     from .export import export
 
@@ -301,6 +326,19 @@ def build_parser() -> argparse.ArgumentParser:
                         "compiles first, tens of seconds)")
     p.add_argument("--device", default="auto")
     p.set_defaults(func=cmd_predict)
+
+    p = jobs.add_parser("embed", help="pooled features of image files (the classifier's input), for other tools")
+    p.add_argument("checkpoint", help="a checkpoint, a run directory (its newest checkpoint) or a .safetensors export")
+    p.add_argument("inputs", nargs="+", metavar="IMAGE_OR_FOLDER", help="image files, or folders searched recursively")
+    to = p.add_mutually_exclusive_group(required=True)
+    to.add_argument("--out", metavar="FILE.npy", help="write a (files, features) float32 .npy: row i is the i-th file "
+                                                     "(folders in sorted order), NaN if it could not be read")
+    to.add_argument("--json", action="store_true", help="one JSON object per image and line: path, features")
+    p.add_argument("--batch-size", type=_at_least(1), default=64)
+    p.add_argument("--max-pixels", type=_at_least(1), metavar="N",
+                   help="refuse images of more pixels as possible decompression bombs (default 50 million)")
+    p.add_argument("--device", default="auto")
+    p.set_defaults(func=cmd_embed)
 
     p = jobs.add_parser("export", help="write a checkpoint as ONNX, a torch.export program or safetensors")
     p.add_argument("checkpoint", help="a checkpoint, a run directory (its newest checkpoint) or a .safetensors export")

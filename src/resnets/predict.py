@@ -94,15 +94,7 @@ def predict(model, info: dict, paths: list[Path], top_k: int = 5, batch_size: in
     device = next(model.parameters()).device
     mode = auto_mode(device) if mode == "auto" else mode
     run = prepare(model, mode)
-    for start in range(0, len(paths), batch_size):
-        results, images = [], []
-        for path in paths[start: start + batch_size]:
-            results.append({"path": str(path)})
-            try:
-                images.append(resize_center_crop(read_image(path, pre["in_channels"], max_pixels), pre["resize"],
-                                                 pre["input_size"]))
-            except ImageError as e:
-                results[-1]["error"] = str(e)
+    for results, images in read_batches(paths, pre, batch_size, max_pixels):
         if images:
             x = normalize(torch.stack(images).to(device), pre["mean"], pre["std"])  # (B, C, S, S) float32
             n = len(x)
@@ -115,3 +107,20 @@ def predict(model, info: dict, paths: list[Path], top_k: int = 5, batch_size: in
                     probs, index = next(found)
                     result["top"] = [{"class": classes[i], "probability": p} for p, i in zip(probs, index)]
         yield from results
+
+
+def read_batches(paths: list[Path], pre: dict, batch_size: int,
+                 max_pixels: int = MAX_PIXELS) -> Iterator[tuple[list[dict], list[torch.Tensor]]]:
+    """`batch_size` files at a time: a result per file, {"path"} or {"path", "error"} if it cannot be read, and
+    the uint8 (C, S, S) images of those read, preprocessed as in training up to the normalisation (resize to
+    pre["resize"], centre input_size crop). The one reader of predict and embed."""
+    for start in range(0, len(paths), batch_size):
+        results, images = [], []
+        for path in paths[start: start + batch_size]:
+            results.append({"path": str(path)})
+            try:
+                images.append(resize_center_crop(read_image(path, pre["in_channels"], max_pixels), pre["resize"],
+                                                 pre["input_size"]))
+            except ImageError as e:
+                results[-1]["error"] = str(e)
+        yield results, images
