@@ -63,10 +63,11 @@ def _plain_state_dict(path: Path) -> dict | None:
     return state if plain else None
 
 
-def start(cfg: Config, model: ResNet, train_set) -> tuple[torch.Tensor, torch.Tensor] | None:
-    """cfg.model.init's weights into `model` (built for the data's classes), saying what was loaded and what is
-    new; returns the (mean, std) the weights were trained with, or None when data.stats = "data" asks for new ones."""
-    init = read(cfg.model.init)
+def start(cfg: Config, model: ResNet, train_set, init: Init | None = None) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """cfg.model.init's weights (`init`, if read already) into `model` (built for the data's classes), saying what
+    was loaded and what is new; returns the (mean, std) the weights were trained with, or None when data.stats =
+    "data" asks for new ones."""
+    init = init or read(cfg.model.init)
     new = load_weights(init, model, train_set.classes, cfg.model.name)
     stats = None if cfg.data.stats == "data" else weights_stats(init, train_set.image_shape)
     if distributed.rank() == 0:
@@ -94,9 +95,13 @@ def load_weights(init: Init, model: ResNet, classes: list[str], name: str) -> li
 
 
 def _first_misfit(theirs: dict, ours: dict, name: str) -> str:
-    """"" if both have the same tensor names and shapes, else what differs for the first tensor that does."""
+    """"" if both have the same tensor names and shapes, else what differs for the first tensor that does. BN's
+    step counters may be missing: files older than them (torchvision's first weights) load as load_state_dict
+    loads them, with ours kept."""
     for key, tensor in ours.items():
         if key not in theirs:
+            if key.endswith("num_batches_tracked"):
+                continue
             return f"they have no {key}"
         if theirs[key].shape != tensor.shape:
             return f"their {key} is {tuple(theirs[key].shape)}, {name}'s {tuple(tensor.shape)}"
@@ -112,8 +117,9 @@ def _config_misfit(init: Init, config: ResNetConfig) -> str:
                     "set model.stride_in_1x1=false")
         return ""
     field = next((f for f in ARCHITECTURE if getattr(init.config, f) != getattr(config, f)), None)
-    return f"they were trained as {field}={getattr(init.config, field)!r}, this run builds {getattr(config, field)!r}" \
-        if field else ""
+    if field is None:
+        return ""
+    return f"they were trained as {field}={getattr(init.config, field)!r}, this run builds {getattr(config, field)!r}"
 
 
 def weights_stats(init: Init, image_shape: tuple[int, int, int]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -134,9 +140,16 @@ def _loaded(init: Init, model: ResNet, new: list[str], classes: list[str]) -> st
     text = f"model.init: {len(init.state) - len(new)} tensors ({loaded:,} parameters) from {init.source}"
     if not new:
         return text + f"; classifier kept (the same {len(classes)} classes)"
-    was = init.state["fc.weight"].shape[0] if "fc.weight" in init.state else "no"
-    return (text + f"; new, freshly initialised: {', '.join(new)} ({len(classes)} classes; the weights' classifier "
-            f"had {was})")
+    if init.classes is not None:
+        why = f"the data's classes {_few(classes)} are not the weights' {_few(init.classes)}"
+    else:
+        had = init.state["fc.weight"].shape[0] if "fc.weight" in init.state else "none"
+        why = f"{len(classes)} classes; the weights' classifier had {had}"
+    return text + f"; new, freshly initialised: {', '.join(new)} ({why})"
+
+
+def _few(names: list[str]) -> str:
+    return ", ".join(names[:3]) + (f", ... ({len(names)})" if len(names) > 3 else "")
 
 
 def _describe(init: Init) -> str:

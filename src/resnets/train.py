@@ -54,6 +54,8 @@ def _train(cfg: Config, run_dir: Path, resume: bool) -> dict:
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # one batch shape all run long: time cuDNN's algorithms once for it
 
+    # model.init is read before the data, so that a wrong name fails at once; a resumed run has its own weights.
+    init = finetune.read(cfg.model.init) if cfg.model.init and not resume else None
     train_set, val_set = load_train_val(cfg.data)
     workers = default_workers(cfg.data.workers)
     in_channels, size, _ = train_set.image_shape
@@ -87,7 +89,7 @@ def _train(cfg: Config, run_dir: Path, resume: bool) -> dict:
     elif checkpoint.checkpoints(run_dir):
         raise UserError(f"{run_dir} already holds a run; resume it with --resume or choose another --out")
     if preprocessing is None:  # a fresh start: model.init's weights (if any), the statistics to normalise with
-        stats = finetune.start(cfg, model, train_set) if cfg.model.init else None
+        stats = finetune.start(cfg, model, train_set, init) if cfg.model.init else None
         mean, std = stats if stats is not None else _normalization(train_set, cfg.data.normalize, workers)
         # Everything predict/export need to feed the network a new image: shorter side resized to `resize`,
         # centre crop of `input_size`, channels, then (x / 255 - mean) / std.
