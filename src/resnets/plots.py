@@ -41,9 +41,11 @@ def plot_comparison(groups: dict[str, list[tuple[str, list[dict]]]], path: Path,
             its = [m["iteration"] for m in metrics]
             ax.plot(its, [100 * m["train_error"] for m in metrics], "--", color=f"C{i}", linewidth=1)
             ax.plot(its, [100 * m["val_top1_error"] for m in metrics], "-", color=f"C{i}", linewidth=2.2, label=name)
-        ax.set(xlabel="iteration", title=group, ylim=(0, None))
+        ax.set(xlabel="iteration", title=group)
         ax.grid(alpha=0.3)
         ax.legend(title="bold: validation, dashed: training", title_fontsize="small", fontsize="small")
+    # Once every panel is drawn: set earlier, the top would stay at the first panels' highest error.
+    axes[0][0].set_ylim(bottom=0)
     axes[0][0].set_ylabel("error (%)")
     fig.suptitle(title)
     _save(fig, path)
