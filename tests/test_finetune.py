@@ -11,7 +11,7 @@ import pytest
 import torch
 import torchvision
 
-from resnets import checkpoint, finetune, load_model
+from resnets import checkpoint, create_model, finetune, load_model
 from resnets.cli import main
 from resnets.config import load_config
 from resnets.data import load_folder, normalize
@@ -63,8 +63,8 @@ def test_torchvision_weights_start_a_finetuning_run(tmp_path, data, monkeypatch,
     at_start = {}
     start = finetune.start
 
-    def spy(cfg, model, train_set):  # the model as the first step will find it
-        stats = start(cfg, model, train_set)
+    def spy(cfg, model, train_set, init):  # the model as the first step will find it
+        stats = start(cfg, model, train_set, init)
         at_start.update({k: v.clone() for k, v in model.state_dict().items()})
         return stats
 
@@ -109,6 +109,12 @@ def test_another_architecture_is_one_line_exit_2(tmp_path, data, source, overrid
     assert not (tmp_path / "run").exists()  # nothing written
 
 
+def test_a_wrong_init_fails_before_the_data_is_read(tmp_path, capsys):
+    assert main(["train", "--recipe", "finetune/resnet20", "init=/no/such/run", "data.path=/no/such/folder",
+                 "--out", str(tmp_path / "run")]) == 2
+    assert capsys.readouterr().err == "resnets train: error: checkpoint /no/such/run does not exist\n"
+
+
 def test_torchvision_shapes_and_stride_are_checked(tmp_path, data, one_thread):
     torch.save(torchvision.models.resnet18().state_dict(), tmp_path / "resnet18.pth")
     with pytest.raises(UserError, match=r"their conv1.weight is \(64, 3, 7, 7\), resnet20's \(16, 3, 3, 3\)"):
@@ -120,6 +126,16 @@ def test_torchvision_shapes_and_stride_are_checked(tmp_path, data, one_thread):
     with pytest.raises(UserError, match="junk.pth") as e:
         train(finetuning(tmp_path / "junk.pth", data), tmp_path / "run")
     assert "\n" not in str(e.value)
+
+
+def test_files_without_bn_step_counters_load(tmp_path):
+    """torchvision's first weights files predate BN's num_batches_tracked; load_state_dict takes them, so do we."""
+    weights = {k: v for k, v in torchvision.models.resnet18().state_dict().items()
+               if not k.endswith("num_batches_tracked")}
+    torch.save(weights, tmp_path / "old.pth")
+    model = create_model("resnet18", num_classes=3)
+    new = finetune.load_weights(finetune.read(str(tmp_path / "old.pth")), model, ["a", "b", "c"], "resnet18")
+    assert new == ["fc.weight", "fc.bias"] and torch.equal(model.layer4[1].bn2.running_var, weights["layer4.1.bn2.running_var"])
 
 
 def test_a_per_pixel_mean_needs_images_of_its_size(tmp_path, data, source, one_thread):
@@ -143,7 +159,7 @@ def test_freeze_leaves_frozen_weights_and_bn_statistics_bit_identical(tmp_path, 
 
 
 def test_the_backbone_learns_at_a_fraction_of_the_lr(tmp_path, data, source, one_thread):
-    train(finetuning(source, data), tmp_path / "run")
+    train(finetuning(source, data, **{"optim.backbone_lr_factor": 0.1}), tmp_path / "run")
     groups = checkpoint.load(tmp_path / "run")["optimizer"]["param_groups"]
     assert [len(g["params"]) for g in groups] == [57, 2]  # the 57 tensors before fc, then fc
     assert groups[0]["initial_lr"] == pytest.approx(0.1 * groups[1]["initial_lr"]) and groups[1]["initial_lr"] == 0.05
@@ -216,3 +232,25 @@ def test_embed_gives_the_pooled_features_of_forward_features(tmp_path, source, c
     torch.testing.assert_close(torch.tensor([lines[i]["features"] for i in readable]), expected, rtol=1e-5, atol=1e-6)
     with pytest.raises(SystemExit):  # argparse: one of --out and --json is required
         main(["embed", str(source), str(images)])
+
+
+def test_the_readme_example_runs_and_its_figure_is_in_docs(tmp_path, source, one_thread):
+    """The README's command at a fraction of its size (20 + 20 images per task, 2 steps per run) makes the table
+    and the picture; docs/ holds the real ones."""
+    spec = importlib.util.spec_from_file_location("finetune_example", ROOT / "benchmarks" / "finetune_example.py")
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    cifar = make_image_folder(tmp_path / "cifar", classes=2, per_class=30, size=32)
+    example.main(["--init", str(source), "--cifar", str(cifar), "--cifar-held-out", "40", "--train", "20",
+                  "--held-out", "20", "--runs", str(tmp_path / "runs"), "--docs", str(tmp_path / "docs"),
+                  "schedule.unit=iteration", "schedule.iterations=2", "schedule.warmup_iterations=1",
+                  "run.eval_every=2", "optim.batch_size=8"])
+    table = (tmp_path / "docs" / "finetune_example.md").read_text()
+    assert table.count("| finetuned |") == 2 and table.count("| scratch | random |") == 2
+    assert (tmp_path / "docs" / "finetune_example.png").stat().st_size > 1000
+    upside = tmp_path / "runs" / "upside_down" / "images"
+    assert [len(list((upside / s / c).iterdir())) for s in ("train", "val") for c in ("upright", "upside_down")] == [
+        10, 10, 10, 10]
+    readme = (ROOT / "README.md").read_text()
+    assert "python benchmarks/finetune_example.py" in readme and "docs/results/finetune_example.png" in readme
+    assert (ROOT / "docs" / "results" / "finetune_example.png").is_file()
