@@ -16,6 +16,7 @@ from resnets.cli import main
 from resnets.config import load_config
 from resnets.data import load_folder, normalize
 from resnets.errors import UserError
+from resnets.export import export
 from resnets.train import train
 
 from .conftest import torch_threads
@@ -107,6 +108,16 @@ def test_another_architecture_is_one_line_exit_2(tmp_path, data, source, overrid
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1, err
     assert not (tmp_path / "run").exists()  # nothing written
+
+
+def test_a_safetensors_export_a_checkpoint_and_a_run_directory_give_the_same_init(tmp_path, source):
+    export(source, tmp_path / "source.safetensors")
+    inits = [finetune.read(str(p)) for p in (tmp_path / "source.safetensors", checkpoint.latest(source), source)]
+    for other in inits[1:]:
+        assert other.classes == inits[0].classes and other.config == inits[0].config
+        assert torch.equal(other.preprocessing["mean"], inits[0].preprocessing["mean"])
+        assert other.state.keys() == inits[0].state.keys()
+        assert all(torch.equal(other.state[k], inits[0].state[k]) for k in other.state)
 
 
 def test_a_wrong_init_fails_before_the_data_is_read(tmp_path, capsys):

@@ -36,7 +36,7 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[Re
     input_size, resize, in_channels. Nothing is unpickled beyond tensors (checkpoints: weights_only=True).
     """
     path = Path(path)
-    if _is_safetensors(path):
+    if is_safetensors(path):
         config, state, classes, pre = _read_safetensors(path)
     elif path.suffix == ".safetensors" and path.is_file():
         raise UserError(f"{path} is not a safetensors file")
@@ -172,7 +172,7 @@ def _run_safetensors(path: str, x: torch.Tensor) -> torch.Tensor:
         return model(x)
 
 
-def _is_safetensors(path: Path) -> bool:
+def is_safetensors(path: Path) -> bool:
     """A safetensors file starts with its JSON header's length (8 bytes, little-endian), then '{'."""
     if not path.is_file():
         return False

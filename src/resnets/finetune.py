@@ -20,7 +20,7 @@ import torch
 from . import distributed
 from .config import Config
 from .errors import UserError
-from .export import load_model
+from .export import is_safetensors, load_model
 from .models import ResNet, ResNetConfig
 from .models.torchvision_weights import read_torchvision, torchvision_preprocessing
 
@@ -44,7 +44,8 @@ class Init:
 def read(spec: str) -> Init:
     """The weights model.init names; a one-line UserError if they cannot be read."""
     path = Path(spec).expanduser()
-    state = _plain_state_dict(path) if path.is_file() else None
+    # Not a safetensors export: torch.load reads those too, as a bare state_dict without their metadata.
+    state = _plain_state_dict(path) if path.is_file() and not is_safetensors(path) else None
     if state is not None:
         return Init(f"torchvision weights {path}", state, None, torchvision_preprocessing(), None)
     # Checkpoints, run directories, safetensors exports (and whatever names load_model learns to read).
