@@ -226,6 +226,22 @@ def test_eval_matches_class_folders_by_name(tmp_path, capsys):
     assert "zebra" in capsys.readouterr().err
 
 
+def test_eval_val_split_scores_the_images_the_run_held_out(tmp_path, capsys, one_thread):
+    root = make_image_folder(tmp_path / "folder", classes=3, per_class=10, size=32)
+    cfg = load_config(None, {"data.path": str(root), "data.val_split": 9, "data.split_seed": 5, "model.name": "resnet20",
+                             "schedule.iterations": 4, "run.eval_every": 4, "optim.batch_size": 8,
+                             "data.cache_dir": "", "run.precision": "fp32"})
+    result = train(cfg, tmp_path / "run")
+    capsys.readouterr()
+    args = ["eval", str(tmp_path / "run"), "--data", str(root), "--json", "--val-split", "9"]
+    assert main([*args, "--split-seed", "5"]) == 0
+    held_out = json.loads(capsys.readouterr().out)
+    assert held_out["images"] == 9
+    assert held_out["loss"] == pytest.approx(result["val_loss"], rel=1e-4)  # the very images, not 9 like them
+    assert main(args) == 0  # another seed, other images
+    assert json.loads(capsys.readouterr().out)["loss"] != pytest.approx(result["val_loss"], rel=1e-4)
+
+
 @pytest.mark.parametrize("args, message", [
     (["train", "model.name=resnet21"], "unknown model"),
     (["train", "optim.lr=abc"], "must be float"),

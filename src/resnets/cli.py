@@ -151,8 +151,11 @@ def cmd_eval(args) -> None:
     # Images of any size, resized then cropped as the protocol says, when the network was trained so (resize >
     # input_size) or another protocol than the centre crop is asked for; else the fixed-size folder path.
     views = folder and (pre["resize"] != pre["input_size"] or protocols != ["center"])
+    # With --val-split, only the held-out images are decoded (streamed), not the whole training part.
     data = DataSection(image_size=pre["input_size"] if folder else 0, cache_dir="",
-                       crop=pre["input_size"] if views else 0, resize=pre["resize"] if views else 0)
+                       crop=pre["input_size"] if views else 0, resize=pre["resize"] if views else 0,
+                       val_split=args.val_split, split_seed=args.split_seed,
+                       loader="stream" if args.val_split and folder else "auto")
     ds = load_eval_set(args.data, data)
     if ds.image_shape != (pre["in_channels"], pre["input_size"], pre["input_size"]):
         raise UserError(f"{args.data} holds {ds.image_shape} images but the model takes "
@@ -179,8 +182,11 @@ def cmd_predict(args) -> int:
     from .hardware import pick_device
     from .predict import MAX_PIXELS, image_files, predict
 
-    model, info = load_model(args.checkpoint, pick_device(args.device))
-    files = image_files(args.inputs)
+    source, inputs = (args.model, [args.checkpoint, *args.inputs]) if args.model else (args.checkpoint, args.inputs)
+    if not inputs:
+        raise UserError(f"name the images (files or folders) to classify after {source}")
+    model, info = load_model(source, pick_device(args.device))
+    files = image_files(inputs)
     failed = 0
     for result in predict(model, info, files, args.top_k, args.batch_size, args.max_pixels or MAX_PIXELS, args.mode):
         if "error" in result:
@@ -299,8 +305,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_report)
 
     p = jobs.add_parser("eval", help="top-1 / top-5 error of a checkpoint on a dataset")
-    p.add_argument("checkpoint", help="a checkpoint, a run directory (its newest checkpoint) or a .safetensors export")
+    p.add_argument("checkpoint", help="a checkpoint, a run directory (its newest checkpoint), a .safetensors export "
+                                      "or packaged weights (resnet20:cifar10)")
     p.add_argument("--data", required=True, help="'digits', a CIFAR archive/folder (test split) or an image folder")
+    p.add_argument("--val-split", type=_at_least(1), default=0, metavar="N",
+                   help="measure the N training images that a run with data.val_split=N held out (the same ones)")
+    p.add_argument("--split-seed", type=_at_least(0), default=0, help="with --val-split: data.split_seed of the run")
     p.add_argument("--device", default="auto")
     p.add_argument("--precision", default="fp32", choices=("auto", "bf16", "fp32"))
     p.add_argument("--protocol", default="center", type=_protocols,
@@ -313,8 +323,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_eval)
 
     p = jobs.add_parser("predict", help="classify image files with a checkpoint or safetensors export")
-    p.add_argument("checkpoint", help="a checkpoint, a run directory (its newest checkpoint) or a .safetensors export")
-    p.add_argument("inputs", nargs="+", metavar="IMAGE_OR_FOLDER", help="image files, or folders searched recursively")
+    p.add_argument("checkpoint", help="a checkpoint, a run directory (its newest checkpoint), a .safetensors export "
+                                      "or packaged weights (resnet20:cifar10); with --model, the first image")
+    p.add_argument("inputs", nargs="*", metavar="IMAGE_OR_FOLDER", help="image files, or folders searched recursively")
+    p.add_argument("--model", metavar="NETWORK:DATASET",
+                   help="the packaged weights to use, e.g. resnet20:cifar10 (docs/PRETRAINED.md); every positional "
+                        "argument is then an image or folder")
     p.add_argument("--top-k", type=int, default=5, help="classes shown per image (default 5)")
     p.add_argument("--json", action="store_true", help="one JSON object per image and line (JSON Lines)")
     p.add_argument("--batch-size", type=int, default=64)
@@ -341,7 +355,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_embed)
 
     p = jobs.add_parser("export", help="write a checkpoint as ONNX, a torch.export program or safetensors")
-    p.add_argument("checkpoint", help="a checkpoint, a run directory (its newest checkpoint) or a .safetensors export")
+    p.add_argument("checkpoint", help="a checkpoint, a run directory (its newest checkpoint), a .safetensors export "
+                                      "or packaged weights (resnet20:cifar10)")
     p.add_argument("--format", choices=("onnx", "pt2", "safetensors", "torchscript"),
                    help="default: from --out's extension (.onnx, .pt2, .safetensors); torchscript is deprecated "
                         "in torch, use pt2")

@@ -20,7 +20,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
-from . import checkpoint, files
+from . import checkpoint, files, pretrained
 from .errors import UserError
 from .models import ResNet, ResNetConfig
 
@@ -31,11 +31,12 @@ STATS = ("mean", "std")  # preprocessing tensors; the rest of the preprocessing 
 
 
 def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[ResNet, dict]:
-    """(network in eval mode, info) from a checkpoint, a run directory (its newest checkpoint) or a safetensors
-    export. info = {"classes", "preprocessing", "model_config"}; preprocessing holds mean and std tensors and
-    input_size, resize, in_channels. Nothing is unpickled beyond tensors (checkpoints: weights_only=True).
+    """(network in eval mode, info) from a checkpoint, a run directory (its newest checkpoint), a safetensors
+    export or the name of packaged weights ("resnet20:cifar10", see resnets.pretrained). info = {"classes",
+    "preprocessing", "model_config"}; preprocessing holds mean and std tensors and input_size, resize,
+    in_channels. Nothing is unpickled beyond tensors (checkpoints: weights_only=True).
     """
-    path = Path(path)
+    path = pretrained.weights_file(path) if pretrained.is_name(str(path)) else Path(path)
     if is_safetensors(path):
         config, state, classes, pre = _read_safetensors(path)
     elif path.suffix == ".safetensors" and path.is_file():

@@ -91,7 +91,10 @@ def load_train_val(data) -> tuple:
 
 
 def load_eval_set(path: str, data):
-    """What `resnets eval --data PATH` measures: the test split, or a plain folder as a whole."""
+    """What `resnets eval --data PATH` measures: the training images data.val_split holds out (the ones a run with
+    the same data.val_split and data.split_seed validated on), else the test split, or a plain folder as a whole."""
     train, test = load_splits(path, data)
+    if data.val_split:
+        return split_validation(train, data.val_split, data.split_seed)[1]
     return test if test is not None else train
 

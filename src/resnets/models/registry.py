@@ -38,6 +38,23 @@ def model_config(name: str, num_classes: int | None = None, **overrides) -> ResN
     return replace(PRESETS[name], **overrides)
 
 
-def create_model(name: str, num_classes: int | None = None, **overrides) -> ResNet:
-    """Build preset `name`, e.g. create_model("resnet50", shortcut="C") or create_model("resnet20", num_classes=100)."""
-    return ResNet(model_config(name, num_classes, **overrides))
+def create_model(name: str, num_classes: int | None = None, pretrained: str | None = None, **overrides) -> ResNet:
+    """Build preset `name`, e.g. create_model("resnet50", shortcut="C") or create_model("resnet20", num_classes=100).
+
+    pretrained="cifar10" loads the weights this project trained and ships (resnets.pretrained; offline). The
+    network comes in training mode, as every new module does: call .eval() before inference, or use
+    resnets.load_model("resnet20:cifar10"), which also returns the classes and preprocessing.
+    """
+    config = model_config(name, num_classes, **overrides)
+    if pretrained is None:
+        return ResNet(config)
+    from ..export import load_model  # imported here: resnets.export imports this package
+    from ..pretrained import weights_file
+
+    model, _ = load_model(weights_file(f"{name}:{pretrained}"))
+    if model.config != config:
+        theirs, ours = model.config.to_dict(), config.to_dict()
+        key = next(k for k in ours if ours[k] != theirs[k])
+        raise UserError(f"the {name}:{pretrained} weights have {key}={theirs[key]!r}, not {ours[key]!r}: leave "
+                        f"{key} out to load them")
+    return model.train()
