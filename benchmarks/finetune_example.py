@@ -13,7 +13,7 @@ Two small tasks, 300 training and 500 held-out images each, built here from imag
 Each task is trained twice with the recipe finetune/resnet20 (30 epochs, cosine with warm-up) and the same seed:
 
 - finetuned: model.init = the CIFAR-10 network; a new classifier for the task's classes, and the trained layers at
-  a tenth of the classifier's lr (the recipe's optim.backbone_lr_factor);
+  half the classifier's lr (the recipe's optim.backbone_lr_factor);
 - scratch: random weights, every layer at the classifier's lr (backbone_lr_factor=1), as a random start needs.
 
 Writes the folders and the four runs under --runs (finished runs are reused, interrupted ones resumed), and the
