@@ -19,7 +19,7 @@ Each task is trained twice with the recipe finetune/resnet20 (30 epochs, cosine 
 Writes the folders and the four runs under --runs (finished runs are reused, interrupted ones resumed), and the
 comparison, a markdown table and one picture with every arm's curves, under --docs:
 
-    python benchmarks/finetune_example.py --init runs/cifar10-resnet20-500 --cifar /work/data/train
+    python benchmarks/finetune_example.py --cifar /work/data/train    # from resnet20:cifar10 (--init: another)
 """
 
 import argparse

@@ -265,3 +265,17 @@ def test_the_readme_example_runs_and_its_figure_is_in_docs(tmp_path, source, one
     readme = (ROOT / "README.md").read_text()
     assert "python benchmarks/finetune_example.py" in readme and "docs/results/finetune_example.png" in readme
     assert (ROOT / "docs" / "results" / "finetune_example.png").is_file()
+
+
+def test_shipped_weights_start_a_finetuning_run(tmp_path, data, one_thread):
+    """model.init=resnet20:cifar10: the packaged network under a new 3-class classifier; with every stage frozen its
+    backbone, BN statistics included, ends as shipped, and the run normalises with the shipped per-pixel mean."""
+    run = tmp_path / "run"
+    train(finetuning("resnet20:cifar10", data, **{"model.freeze": 3}), run)
+    shipped, info = load_model("resnet20:cifar10")
+    ckpt = checkpoint.load(run)
+    assert ckpt["model"]["fc.weight"].shape == (3, shipped.num_features)
+    for key, value in shipped.state_dict().items():
+        if not key.startswith("fc."):
+            assert torch.equal(ckpt["model"][key], value), key
+    assert torch.equal(ckpt["preprocessing"]["mean"], info["preprocessing"]["mean"])

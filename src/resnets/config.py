@@ -17,7 +17,7 @@ class ModelSection:
     name: str = "resnet20"
     options: dict = field(default_factory=dict)  # any ResNetConfig field, e.g. {shortcut = "B"}
     # Fine-tuning (resnets.finetune): start from these weights instead of random ones: a torchvision weights file,
-    # a checkpoint or run directory of ours, or a safetensors export. "" = from scratch.
+    # a checkpoint or run directory of ours, a safetensors export, or shipped weights (resnet20:cifar10). "" = scratch.
     init: str = ""
     freeze: int = 0  # freeze the stem and the first N stages, BN statistics included (0: train everything)
 
