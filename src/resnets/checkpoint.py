@@ -10,13 +10,12 @@ from pathlib import Path
 import torch
 
 from . import files
-from .errors import EnvironmentFailure, UserError
+from .errors import EnvironmentFailure, UserError, first_line
 from .models import ResNet, ResNetConfig
 
 FORMAT = "resnets-checkpoint-1"
 NAME = re.compile(r"iter-(\d+)\.pt")
 LEGS = "legs.jsonl"  # one line per process that trained a run: from which iteration, when, on what machine
-ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 
 def save_atomic(obj, path: Path) -> None:
@@ -43,9 +42,7 @@ def load(path: str | Path) -> dict:
     except UserError:
         raise
     except Exception as e:  # truncated zip, flipped bytes, a pickle that wants to run code: all refused
-        text = ANSI.sub("", str(e)).strip()  # torch colours parts of its messages
-        reason = text.splitlines()[0][:120] if text else type(e).__name__
-        raise UserError(f"checkpoint {path} is corrupt or not a resnets checkpoint ({reason})") from None
+        raise UserError(f"checkpoint {path} is corrupt or not a resnets checkpoint ({first_line(e)})") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise UserError(f"{path} is not a resnets checkpoint")
     return ckpt

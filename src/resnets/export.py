@@ -21,7 +21,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from . import checkpoint, files, pretrained
-from .errors import UserError
+from .errors import UserError, first_line
 from .models import ResNet, ResNetConfig
 
 FORMAT = "resnets-export-1"  # metadata "format" of every export
@@ -53,7 +53,7 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[Re
         model = ResNet(ResNetConfig(**config))
         model.load_state_dict(state)
     except (TypeError, RuntimeError) as e:
-        raise UserError(f"{path}: the weights do not fit the model config ({str(e).strip().splitlines()[0]})") from None
+        raise UserError(f"{path}: the weights do not fit the model config ({first_line(e, 200)})") from None
     if len(classes) != model.config.num_classes:
         raise UserError(f"{path} names {len(classes)} classes for a network of {model.config.num_classes} outputs")
     info = {"classes": list(classes), "preprocessing": pre, "model_config": model.config.to_dict()}

@@ -16,7 +16,7 @@ from PIL import Image, UnidentifiedImageError
 
 from .data import normalize
 from .data.folders import IMAGE_EXTENSIONS, MAX_PIXELS, resize_center_crop, to_mode
-from .errors import UserError
+from .errors import UserError, first_line
 from .inference import auto_mode, prepare
 
 
@@ -72,8 +72,7 @@ def read_image(path: str | Path, channels: int, max_pixels: int = MAX_PIXELS) ->
     except UnidentifiedImageError:
         raise ImageError("not an image (or a format Pillow cannot read)") from None
     except Exception as e:  # truncated or damaged data; whatever a decoder raises, it is this file's problem
-        reason = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
-        raise ImageError(f"unreadable image ({reason})") from None
+        raise ImageError(f"unreadable image ({first_line(e, 200)})") from None
     pixels = torch.from_numpy(np.array(image))  # (H, W) or (H, W, 3)
     return pixels[None] if pixels.ndim == 2 else pixels.permute(2, 0, 1).contiguous()
 

@@ -28,7 +28,7 @@ from tqdm import tqdm
 from . import checkpoint, distributed, files, finetune, hardware
 from .config import Config, from_dict, load_config
 from .data import BatchLoader, default_workers, lighting, load_train_val, normalization_stats, normalize
-from .errors import UserError
+from .errors import UserError, first_line
 from .evaluate import autocast, evaluate
 from .models import ResNet
 from .plots import plot_curves
@@ -362,5 +362,4 @@ def _load_state(path: Path, state: dict, cfg: Config, model, optimizer, schedule
             torch.cuda.set_rng_state_all(state["cuda_rng"])
         return state["iteration"], state["history"]
     except (KeyError, TypeError, ValueError, RuntimeError) as e:
-        reason = str(e).strip().splitlines()[0][:120] if str(e).strip() else type(e).__name__
-        raise UserError(f"{path} does not fit the network ({reason})") from None
+        raise UserError(f"{path} does not fit the network ({first_line(e)})") from None

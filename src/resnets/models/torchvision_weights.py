@@ -5,7 +5,7 @@ from pathlib import Path
 
 import torch
 
-from ..errors import UserError
+from ..errors import UserError, first_line
 from .registry import create_model
 from .resnet import ResNet
 
@@ -21,8 +21,7 @@ def read_torchvision(path: str | Path) -> dict:
         return torch.load(path, map_location="cpu", weights_only=True)
     # A missing file, a damaged zip, a pickle that is not weights (or wants to run code), an empty file.
     except (OSError, RuntimeError, pickle.UnpicklingError, EOFError, ValueError) as e:
-        reason = str(e).strip().splitlines()[0][:120] if str(e).strip() else type(e).__name__
-        raise UserError(f"cannot read torchvision weights {path}: {reason}") from None
+        raise UserError(f"cannot read torchvision weights {path}: {first_line(e)}") from None
 
 
 def torchvision_preprocessing() -> dict:
