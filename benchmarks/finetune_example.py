@@ -31,11 +31,11 @@ import numpy as np
 import torch
 from PIL import Image
 
-from resnets import files, hardware
+from resnets import files, runtime
 from resnets.config import load_config
 from resnets.data import split_validation
 from resnets.data.folders import StreamedFolder
-from resnets.experiments import Run, execute
+from resnets.paper.experiments import Run, execute
 from resnets.plots import plot_comparison
 
 RECIPE = "finetune/resnet20"
@@ -87,7 +87,7 @@ def arms(task: str, init: str, folder: Path, overrides: dict) -> list[Run]:
 
 
 def markdown(runs: list[Run], args, command: str) -> str:
-    machine = f"{hardware.describe(torch.device('cpu'))}, {torch.get_num_threads()} thread(s)"
+    machine = f"{runtime.describe(torch.device('cpu'))}, {torch.get_num_threads()} thread(s)"
     intro = (f"Made by `{command}` on {machine}. Recipe {RECIPE}; each task {args.train} training and "
              f"{args.held_out} held-out images (benchmarks/finetune_example.py says how they are made); the same seed for every run. "
              "Errors in %, held-out top-1; training error over the steps since the evaluation before.")

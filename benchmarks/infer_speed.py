@@ -1,11 +1,11 @@
 #!/usr/bin/env python
-"""Inference speed on this CPU: torchvision's resnet50 in eager fp32 against each `resnets.inference` mode.
+"""Inference speed on this CPU: torchvision's resnet50 in eager fp32 against each `resnets.serving.inference` mode.
 
 Cells: resnet50 at 224x224, batch 1 and batch 16; resnet20 at 32x32, batch 256.
 (a) baseline: for resnet50, torchvision's own `resnet50()` in eager fp32 NCHW under torch.inference_mode with
     the default threads -- what a user would pick instead. torchvision has no CIFAR ResNet, so for resnet20 the
     baseline is our own resnet20 in eager fp32 NCHW (the same as our "fp32" mode).
-(b) ours: `resnets.inference.prepare(model, mode)` for each mode. Our resnet50 is built as torchvision builds it
+(b) ours: `resnets.serving.inference.prepare(model, mode)` for each mode. Our resnet50 is built as torchvision builds it
     (stride on the 3x3, "v1.5": the same FLOPs) and carries torchvision's weights, so both run the same network.
 
 Weights: no trained resnet50 weights can be had here, so resnet50 has random weights (torchvision's
@@ -40,9 +40,9 @@ import torch.nn.functional as F
 import torchvision
 
 import resnets
-from resnets import checkpoint
 from resnets.data import load_folder, normalization_stats, normalize, split_validation
-from resnets.inference import MODES, prepare
+from resnets.serving.inference import MODES, prepare
+from resnets.training import checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
 ARCHIVE = REPO.parent / "shared" / "datasets" / "cifar10-jpg-train.tar.gz"

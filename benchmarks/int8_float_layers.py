@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """What int8 mode should leave in fp32: resnet50's int8 speed and a trained ResNet-20's agreement, per choice.
 
-For each choice of layers kept in fp32 (the classifier, as `resnets.inference.KEEP_FLOAT` does; the stem and
+For each choice of layers kept in fp32 (the classifier, as `resnets.serving.inference.KEEP_FLOAT` does; the stem and
 the classifier; nothing):
 - resnet50 at 224x224, batch 16, random weights as in infer_speed.py: int8 images/s against torchvision's
   resnet50 in eager fp32, all predictors timed in turns (infer_speed.measure), all images over all time;
@@ -19,7 +19,7 @@ import infer_speed as bench
 import torch
 
 from resnets.data import normalize
-from resnets.inference import prepare
+from resnets.serving.inference import prepare
 
 CHOICES = {"classifier": ("fc",), "stem and classifier": ("conv1", "fc"), "nothing": ()}
 

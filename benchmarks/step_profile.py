@@ -20,17 +20,17 @@ from statistics import median
 import torch
 import torch.nn.functional as F
 
-from resnets import hardware
+from resnets import runtime
 from resnets.config import load_config
 from resnets.data import BatchLoader, load_train_val, normalization_stats, normalize
 from resnets.models import ResNet
-from resnets.schedule import in_iterations, lr_factor
+from resnets.training.schedule import in_iterations, lr_factor
 
 PHASES = ("batch: gather, crop, flip", "normalize, layout", "forward + loss", "backward", "SGD step", "schedule, rest")
 
 
 def build(cfg, train_set, precision: str, layout: str):
-    """(model, optimizer, scheduler, loader, mean, std, bf16) as resnets.train builds them, from the same seed."""
+    """(model, optimizer, scheduler, loader, mean, std, bf16) as resnets.training.loop builds them, from the same seed."""
     torch.manual_seed(cfg.run.seed)
     in_channels, _, _ = train_set.image_shape
     model = ResNet(cfg.model_config(len(train_set.classes), in_channels))
@@ -42,7 +42,7 @@ def build(cfg, train_set, precision: str, layout: str):
                          seed=cfg.run.seed, drop_last=True)
     schedule = in_iterations(cfg.schedule, len(loader))
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda it: lr_factor(schedule, it))
-    bf16 = hardware.use_bf16(precision, torch.device("cpu"))
+    bf16 = runtime.use_bf16(precision, torch.device("cpu"))
     return model.train(), optimizer, scheduler, loader, bf16
 
 
@@ -114,13 +114,13 @@ def main() -> None:
 
     cfg = load_config(f"cifar10/{args.network}", {"data.path": args.data, "data.val_split": 5000})
     train_set, _ = load_train_val(cfg.data)
-    mean, std = normalization_stats(train_set.sample(2000), cfg.data.normalize)  # as resnets.train estimates them
+    mean, std = normalization_stats(train_set.sample(2000), cfg.data.normalize)  # as resnets.training.loop estimates them
     settings = args.settings.split(",")
     for setting in settings:
         precision = setting.split("/")[0]
-        if precision == "bf16" and not hardware.native_bf16_cpu():
+        if precision == "bf16" and not runtime.native_bf16_cpu():
             print(f"note: {setting} runs emulated bf16 here (no avx512_bf16 / amx)")
-    print(f"{hardware.describe(torch.device('cpu'))}; {torch.get_num_threads()} thread(s) "
+    print(f"{runtime.describe(torch.device('cpu'))}; {torch.get_num_threads()} thread(s) "
           f"(OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}); {args.network}, batch "
           f"{cfg.optim.batch_size}, {args.steps} timed steps x {args.rounds} round(s)")
 

@@ -40,7 +40,7 @@ from torch.utils.data import DataLoader, Subset
 from torchvision import transforms
 
 import resnets
-from resnets import hardware
+from resnets import runtime
 from resnets.data import ArrayDataset, scan_folder, split_validation
 
 REPO = Path(__file__).resolve().parents[1]
@@ -244,7 +244,7 @@ def main() -> None:
     root = find_data(args.data)
     wall = time.perf_counter()
     train_idx, val_idx = split_indices(root, 0)
-    say(f"data: {root} ({len(train_idx)} train / {len(val_idx)} held-out images)\nmachine: {hardware.describe()}")
+    say(f"data: {root} ({len(train_idx)} train / {len(val_idx)} held-out images)\nmachine: {runtime.describe()}")
     for v in variants:
         say(f"{v['label']}: {shlex.join(engine_command(v, '<net>', root, args.iterations, None, Path('<tmp>')))}")
     engine_run(variants[0], args.networks[0], root, 1)  # decodes the images into the cache once, untimed
@@ -275,7 +275,7 @@ def main() -> None:
                     "median share of the machine's CPU time that other processes used during a run. The baseline's "
                     "2 DataLoader workers share the cores with its training process, as they do for anyone running "
                     "the reference scripts here."),
-                   f"Machine: {hardware.describe()}; torch {torch.__version__}, Python {sys.version.split()[0]}.",
+                   f"Machine: {runtime.describe()}; torch {torch.__version__}, Python {sys.version.split()[0]}.",
                    f"Wall time: {time.perf_counter() - wall:.0f} s.", ""]))
     result = {f"{name} {label}": round(median(speed[name, label]), 1) for name in args.networks for label in labels}
     result |= {f"{name} {label} error": round(v, 4) for (name, label), v in error.items()}

@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-import resnets.train
+import resnets.training.loop
 from resnets import distributed
 from resnets.cli import main
 from resnets.models import ResNet
@@ -30,7 +30,7 @@ def keep_bn_in_eval_mode(model: nn.Module, mode: bool = True) -> nn.Module:
 
 
 def spy_on_evaluate(dump: Path):
-    evaluate, calls = resnets.train.evaluate, []
+    evaluate, calls = resnets.training.loop.evaluate, []
 
     def watched(model, *args, **kwargs):
         calls.append(None)
@@ -43,7 +43,7 @@ def spy_on_evaluate(dump: Path):
 if __name__ == "__main__":
     dump, options, args = Path(sys.argv[1]), sys.argv[2:sys.argv.index("--")], sys.argv[sys.argv.index("--") + 1:]
     dump.mkdir(parents=True, exist_ok=True)
-    resnets.train.evaluate = spy_on_evaluate(dump)
+    resnets.training.loop.evaluate = spy_on_evaluate(dump)
     if "--bn-eval" in options:
         ResNet.train = keep_bn_in_eval_mode
     sys.exit(main(args))

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from resnets.cli import DEFAULT_RECIPE, main
 from resnets.config import Config, help_keys, load_config
 from resnets.errors import UserError
-from resnets.schedule import in_iterations, lr_factor
+from resnets.training.schedule import in_iterations, lr_factor
 
 
 def _keys() -> list[str]:

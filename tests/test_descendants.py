@@ -11,8 +11,8 @@ import torchvision
 
 from resnets import UserError, create_model, from_torchvision, list_models
 from resnets.config import load_config
-from resnets.summary import summarize_preset
-from resnets.train import train
+from resnets.models.summary import summarize_preset
+from resnets.training.loop import train
 
 WRN = ["wrn16_4", "wrn16_8", "wrn28_10", "wrn40_4"]
 RESNEXT_CIFAR = ["resnext29_8x64d", "resnext29_16x64d"]

@@ -14,12 +14,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from resnets import checkpoint
 from resnets.cli import main
 from resnets.config import load_config
 from resnets.errors import UserError
 from resnets.models import ResNet
-from resnets.train import train
+from resnets.training import checkpoint
+from resnets.training.loop import train
 
 from .ddp_spy import keep_bn_in_eval_mode
 from .fakedata import make_imagenet_folder

@@ -6,10 +6,12 @@ import json
 import pytest
 import torch
 
-from resnets import checkpoint, create_model, experiments, report
+from resnets import create_model
 from resnets.cli import main
 from resnets.data import load_digits
-from resnets.responses import layer_responses, three_by_three_bns
+from resnets.paper import experiments, report
+from resnets.paper.responses import layer_responses, three_by_three_bns
+from resnets.training import checkpoint
 
 TINY = ["--data", "digits", "--val-split", "0", "--schedule", "cpu", "schedule.iterations=4", "run.eval_every=2",
         "run.keep_checkpoints=3"]
@@ -148,9 +150,9 @@ def test_responses_and_report_from_experiment_runs(degradation, tmp_path, capsys
 def test_an_epoch_schedule_is_finished_after_its_epochs_not_its_count_of_steps(tmp_path):
     """ImageNet recipes count epochs: a run of 2 epochs cut after the first is interrupted, though its step count
     (a dozen steps an epoch on the 1437 digits) is far above 2; the report counts the run's length in steps."""
-    from resnets.experiments import _state
-    from resnets.report import run_row
-    from resnets.train import train
+    from resnets.paper.experiments import _state
+    from resnets.paper.report import run_row
+    from resnets.training.loop import train
 
     from .test_train import tiny
 

@@ -6,9 +6,10 @@ import pytest
 import torch
 from PIL import Image
 
-from resnets import UserError, checkpoint, load_model
+from resnets import UserError, load_model
 from resnets.cli import main
-from resnets.export import TOLERANCE, export
+from resnets.serving.export import TOLERANCE, export
+from resnets.training import checkpoint
 
 from .fakedata import Payload
 from .test_predict import train_briefly

@@ -15,11 +15,12 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import save_file
 
-from resnets import checkpoint, files
+from resnets import files
 from resnets.cli import main
 from resnets.data import load_folder
 from resnets.errors import UserError
 from resnets.plots import plot_curves
+from resnets.training import checkpoint
 
 from .fakedata import make_image_folder
 from .test_reliability import assert_same_weights, tiny_args, tiny_reference  # noqa: F401 (a fixture)

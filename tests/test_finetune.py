@@ -11,13 +11,14 @@ import pytest
 import torch
 import torchvision
 
-from resnets import checkpoint, create_model, finetune, load_model
+from resnets import create_model, load_model
 from resnets.cli import main
 from resnets.config import load_config
 from resnets.data import load_folder, normalize
 from resnets.errors import UserError
-from resnets.export import export
-from resnets.train import train
+from resnets.serving.export import export
+from resnets.training import checkpoint, finetune
+from resnets.training.loop import train
 
 from .conftest import torch_threads
 from .fakedata import make_image_folder
@@ -233,7 +234,7 @@ def test_embed_gives_the_pooled_features_of_forward_features(tmp_path, source, c
     assert len(lines) == 10 and len(readable) == 9 and np.isnan(features[[i for i in range(10) if i not in readable]]).all()
     # The same rows from the model directly: forward_features, then the global average pool.
     model, info = load_model(source)
-    from resnets.predict import read_batches
+    from resnets.serving.predict import read_batches
 
     (_, decoded), = read_batches([Path(lines[i]["path"]) for i in readable], info["preprocessing"], 64)
     x = normalize(torch.stack(decoded), info["preprocessing"]["mean"], info["preprocessing"]["std"])

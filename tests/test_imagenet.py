@@ -9,16 +9,17 @@ import torch
 import torch.nn.functional as F
 from torchvision.transforms.v2 import functional as TF
 
-from resnets import checkpoint, create_model
+from resnets import create_model
 from resnets.cli import main
 from resnets.config import ScheduleSection, load_config
 from resnets.data import ArrayDataset, BatchLoader, ImageNetFolder, normalize
 from resnets.data.folders import decode_rgb
 from resnets.data.imagenet import EIGVAL, EIGVEC, lighting, scale_crop_flip
 from resnets.errors import UserError
-from resnets.evaluate import evaluate, image_scores
-from resnets.schedule import in_iterations, lr_factor, plateaus
-from resnets.train import train
+from resnets.serving.evaluate import evaluate, image_scores
+from resnets.training import checkpoint
+from resnets.training.loop import train
+from resnets.training.schedule import in_iterations, lr_factor, plateaus
 
 from .fakedata import make_imagenet_folder
 

@@ -8,10 +8,11 @@ import pytest
 import torch
 from torch import nn
 
-from resnets import UserError, checkpoint, create_model
+from resnets import UserError, create_model
 from resnets.data import load_digits, normalize
-from resnets.inference import MODES, fold_batchnorm, prepare, quantize_int8
-from resnets.train import train
+from resnets.serving.inference import MODES, fold_batchnorm, prepare, quantize_int8
+from resnets.training import checkpoint
+from resnets.training.loop import train
 
 from .test_train import tiny
 

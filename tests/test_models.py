@@ -7,7 +7,7 @@ import torchvision
 import resnets
 from resnets import UserError, create_model, list_models
 from resnets.cli import main
-from resnets.summary import summarize_preset
+from resnets.models.summary import summarize_preset
 
 PAPER_NAMES = [
     "resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "plain18", "plain34",

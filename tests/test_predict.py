@@ -8,14 +8,15 @@ import pytest
 import torch
 from PIL import Image
 
-from resnets import checkpoint, create_model, hardware, load_model
+from resnets import create_model, load_model, runtime
 from resnets.cli import main
 from resnets.data import load_digits, normalize
 from resnets.data.folders import decode_rgb, resize_center_crop, scan_folder
-from resnets.evaluate import evaluate
-from resnets.inference import auto_mode
-from resnets.predict import predict, read_image
-from resnets.train import train
+from resnets.serving.evaluate import evaluate
+from resnets.serving.inference import auto_mode
+from resnets.serving.predict import predict, read_image
+from resnets.training import checkpoint
+from resnets.training.loop import train
 
 from .conftest import torch_threads
 from .fakedata import make_image_folder
@@ -111,7 +112,7 @@ def test_fast_modes_give_the_fp32_probabilities(run, digits, capsys):
 @pytest.mark.parametrize("native", [True, False])
 def test_auto_mode_runs_bf16_only_where_the_cpu_multiplies_bf16(monkeypatch, native):
     """On an AVX2-only CPU emulated bf16 is several times slower than fp32: auto must not pick it there."""
-    monkeypatch.setattr(hardware, "native_bf16_cpu", lambda: native)
+    monkeypatch.setattr(runtime, "native_bf16_cpu", lambda: native)
     assert auto_mode(torch.device("cpu")) == ("bf16" if native else "folded")
 
 

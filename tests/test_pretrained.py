@@ -1,4 +1,4 @@
-"""The networks shipped inside the package (resnets.pretrained): they load offline, without pickle, and score
+"""The networks shipped inside the package (resnets.models.pretrained): they load offline, without pickle, and score
 what their model cards say on the shared CIFAR-10 images (those tests skip where the images are absent)."""
 
 import json
@@ -9,10 +9,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from resnets import UserError, create_model, load_model, pretrained
+from resnets import UserError, create_model, load_model
 from resnets.cli import main
 from resnets.data import split_validation
 from resnets.data.folders import scan_folder
+from resnets.models import pretrained
 
 ARCHIVE = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "cifar10-jpg-train.tar.gz"
 CIFAR10 = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]

@@ -25,14 +25,15 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-from resnets import checkpoint, files
+from resnets import files
 from resnets.cli import main
 from resnets.config import load_config
 from resnets.data import FolderDataset, load_train_val
 from resnets.data.folders import decode_rgb
 from resnets.errors import UserError
-from resnets.predict import read_image
-from resnets.train import train
+from resnets.serving.predict import read_image
+from resnets.training import checkpoint
+from resnets.training.loop import train
 
 from .conftest import torch_threads
 from .fakedata import Payload
@@ -104,7 +105,7 @@ def processes():
     """Processes forked from a server that has imported torch, resnets and sklearn once: a training process then
     starts in a tenth of a second instead of ~5 s, so a test can kill dozens of them."""
     ctx = multiprocessing.get_context("forkserver")
-    ctx.set_forkserver_preload([__name__, "resnets.train", "sklearn.datasets", "sklearn.model_selection"])
+    ctx.set_forkserver_preload([__name__, "resnets.training.loop", "sklearn.datasets", "sklearn.model_selection"])
     return ctx
 
 

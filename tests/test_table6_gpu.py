@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from resnets import checkpoint
+from resnets.training import checkpoint
 
 from .fakedata import make_image_folder
 

@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from resnets import checkpoint
 from resnets.cli import main
 from resnets.terminal import plain, shown
+from resnets.training import checkpoint
 
 from .test_reliability import tiny_args
 

@@ -5,13 +5,13 @@ import pytest
 import tomli_w
 import torch
 
-import resnets.train
-from resnets import checkpoint
+import resnets.training.loop
 from resnets.cli import main
 from resnets.config import ScheduleSection, list_recipes, load_config
 from resnets.errors import UserError
-from resnets.schedule import lr_factor
-from resnets.train import train
+from resnets.training import checkpoint
+from resnets.training.loop import train
+from resnets.training.schedule import lr_factor
 
 from .fakedata import make_cifar_archive, make_image_folder
 
@@ -113,7 +113,7 @@ def test_resume_is_bit_exact(tmp_path, monkeypatch):
     for later in checkpoint.checkpoints(interrupted)[1:]:
         later.unlink()  # as if the process had died just after writing iteration 8's checkpoint
     # The mean and std come from the checkpoint: no new estimate (on ImageNet, 2,000 images decoded again).
-    monkeypatch.setattr(resnets.train, "normalization_stats", lambda *a: pytest.fail("statistics re-estimated"))
+    monkeypatch.setattr(resnets.training.loop, "normalization_stats", lambda *a: pytest.fail("statistics re-estimated"))
     train(tiny(), interrupted, resume=True)
     a, b = checkpoint.load(reference), checkpoint.load(interrupted)
     assert a["iteration"] == b["iteration"] == 24

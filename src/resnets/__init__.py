@@ -1,8 +1,8 @@
 """resnets: the networks of "Deep Residual Learning for Image Recognition" (He et al., 2015) as software."""
 
 from .errors import UserError
-from .export import load_model
 from .models import ResNet, ResNetConfig, create_model, from_torchvision, list_models, model_config
+from .serving.export import load_model
 
 __version__ = "0.1.0"
 __all__ = [

@@ -20,7 +20,7 @@ EVAL_BATCH = {"center": 500, "10crop": 50, "multiscale": 8}
 
 def cmd_summary(args) -> None:
     from .models import list_models
-    from .summary import markdown_table, summarize_preset
+    from .models.summary import markdown_table, summarize_preset
 
     names = args.names or list_models()
     summaries = [summarize_preset(name, args.input_size) for name in names]
@@ -39,7 +39,7 @@ def cmd_summary(args) -> None:
 
 def cmd_train(args) -> None:
     from .config import help_keys, list_recipes, load_config
-    from .train import train
+    from .training.loop import train
 
     if args.help_keys:  # the values this command would train with, not the dataclasses' defaults
         print(help_keys(load_config(args.recipe or DEFAULT_RECIPE, args.overrides)))
@@ -71,7 +71,7 @@ def _not_a_run(run_dir: Path) -> str:
 
 
 def cmd_experiment(args) -> None:
-    from . import experiments
+    from .paper import experiments
 
     out = Path(args.out or f"runs/{args.experiment}")
     family = getattr(args, "family", "cifar10")  # table6 is CIFAR-10's
@@ -102,8 +102,8 @@ def cmd_experiment(args) -> None:
 
 def cmd_responses(args) -> None:
     from . import files
+    from .paper.responses import markdown, run_responses
     from .plots import plot_responses
-    from .responses import markdown, run_responses
 
     results = [run_responses(run_dir, args.images) for run_dir in args.runs]
     out = Path(args.out)
@@ -116,7 +116,7 @@ def cmd_responses(args) -> None:
 
 def cmd_report(args) -> None:
     from . import files
-    from .report import find_runs, markdown, run_row
+    from .paper.report import find_runs, markdown, run_row
 
     text = markdown([run_row(run) for run in find_runs(args.runs)])
     if args.out:
@@ -137,9 +137,9 @@ def cmd_eval(args) -> None:
     from .config import DataSection
     from .data import default_workers, load_eval_set, match_classes
     from .data.imagenet import PAPER_SCALES
-    from .evaluate import evaluate
-    from .export import load_model
-    from .hardware import pick_device, use_bf16
+    from .runtime import pick_device, use_bf16
+    from .serving.evaluate import evaluate
+    from .serving.export import load_model
 
     protocols = args.protocol.split(",")
     device = distributed.setup(pick_device(args.device))  # under torchrun each process scores its share
@@ -178,9 +178,9 @@ def cmd_eval(args) -> None:
 
 
 def cmd_predict(args) -> int:
-    from .export import load_model
-    from .hardware import pick_device
-    from .predict import MAX_PIXELS, image_files, predict
+    from .runtime import pick_device
+    from .serving.export import load_model
+    from .serving.predict import MAX_PIXELS, image_files, predict
 
     source, inputs = (args.model, [args.checkpoint, *args.inputs]) if args.model else (args.checkpoint, args.inputs)
     if not inputs:
@@ -202,10 +202,10 @@ def cmd_predict(args) -> int:
 
 
 def cmd_embed(args) -> int:
-    from .embed import embed, save_npy
-    from .export import load_model
-    from .hardware import pick_device
-    from .predict import MAX_PIXELS, image_files
+    from .runtime import pick_device
+    from .serving.embed import embed, save_npy
+    from .serving.export import load_model
+    from .serving.predict import MAX_PIXELS, image_files
 
     model, info = load_model(args.checkpoint, pick_device(args.device))
     results, failed = [], 0
@@ -227,7 +227,7 @@ def cmd_embed(args) -> int:
 
 
 def cmd_export(args) -> None:
-    from .export import export
+    from .serving.export import export
 
     result = export(args.checkpoint, args.out, args.format)
     checker = {"onnx": "onnxruntime", "pt2": "torch.export.load", "safetensors": "resnets.load_model"}

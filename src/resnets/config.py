@@ -16,7 +16,7 @@ from .models import ResNetConfig, model_config
 class ModelSection:
     name: str = "resnet20"
     options: dict = field(default_factory=dict)  # any ResNetConfig field, e.g. {shortcut = "B"}
-    # Fine-tuning (resnets.finetune): start from these weights instead of random ones: a torchvision weights file,
+    # Fine-tuning (resnets.training.finetune): start from these weights instead of random ones: a torchvision weights file,
     # a checkpoint or run directory of ours, a safetensors export, or shipped weights (resnet20:cifar10). "" = scratch.
     init: str = ""
     freeze: int = 0  # freeze the stem and the first N stages, BN statistics included (0: train everything)
@@ -60,7 +60,7 @@ class OptimSection:
     weight_decay: float = 1e-4
     label_smoothing: float = 0.0
     # The lr of every layer but the classifier, as a fraction of lr: fine-tuning changes trained layers less than
-    # the new classifier (resnets.finetune.param_groups).
+    # the new classifier (resnets.training.finetune.param_groups).
     backbone_lr_factor: float = 1.0
 
 

@@ -41,15 +41,15 @@ def model_config(name: str, num_classes: int | None = None, **overrides) -> ResN
 def create_model(name: str, num_classes: int | None = None, pretrained: str | None = None, **overrides) -> ResNet:
     """Build preset `name`, e.g. create_model("resnet50", shortcut="C") or create_model("resnet20", num_classes=100).
 
-    pretrained="cifar10" loads the weights this project trained and ships (resnets.pretrained; offline). The
+    pretrained="cifar10" loads the weights this project trained and ships (resnets.models.pretrained; offline). The
     network comes in training mode, as every new module does: call .eval() before inference, or use
     resnets.load_model("resnet20:cifar10"), which also returns the classes and preprocessing.
     """
     config = model_config(name, num_classes, **overrides)
     if pretrained is None:
         return ResNet(config)
-    from ..export import load_model  # imported here: resnets.export imports this package
-    from ..pretrained import weights_file
+    from ..serving.export import load_model  # imported here: resnets.serving.export imports this package
+    from .pretrained import weights_file
 
     model, _ = load_model(weights_file(f"{name}:{pretrained}"))
     if model.config != config:

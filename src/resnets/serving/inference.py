@@ -30,9 +30,9 @@ import torch
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
-from .errors import UserError
-from .hardware import use_bf16
-from .models.resnet import ResNet
+from ..errors import UserError
+from ..models.resnet import ResNet
+from ..runtime import use_bf16
 
 Mode = Literal["fp32", "folded", "bf16", "compiled", "int8"]
 MODES: tuple[str, ...] = ("fp32", "folded", "bf16", "compiled", "int8")

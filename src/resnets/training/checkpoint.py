@@ -9,9 +9,9 @@ from pathlib import Path
 
 import torch
 
-from . import files
-from .errors import EnvironmentFailure, UserError, first_line
-from .models import ResNet, ResNetConfig
+from .. import files
+from ..errors import EnvironmentFailure, UserError, first_line
+from ..models import ResNet, ResNetConfig
 
 FORMAT = "resnets-checkpoint-1"
 NAME = re.compile(r"iter-(\d+)\.pt")

@@ -4,7 +4,7 @@ which every checkpoint holds), so resuming needs nothing but the checkpoint."""
 import math
 from dataclasses import replace
 
-from .config import ScheduleSection
+from ..config import ScheduleSection
 
 
 def lr_factor(s: ScheduleSection, it: int, history: list[dict] = (), world: int = 1) -> float:

@@ -25,15 +25,16 @@ import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from . import checkpoint, distributed, files, finetune, hardware
-from .config import Config, from_dict, load_config
-from .data import BatchLoader, default_workers, lighting, load_train_val, normalization_stats, normalize
-from .errors import UserError, first_line
-from .evaluate import autocast, evaluate
-from .models import ResNet
-from .plots import plot_curves
+from .. import distributed, files, runtime
+from ..config import Config, from_dict, load_config
+from ..data import BatchLoader, default_workers, lighting, load_train_val, normalization_stats, normalize
+from ..errors import UserError, first_line
+from ..models import ResNet
+from ..plots import plot_curves
+from ..serving.evaluate import autocast, evaluate
+from ..terminal import shown
+from . import checkpoint, finetune
 from .schedule import in_iterations, lr_factor
-from .terminal import shown
 
 
 def train(cfg: Config, run_dir: Path, resume: bool = False) -> dict:
@@ -47,10 +48,10 @@ def train(cfg: Config, run_dir: Path, resume: bool = False) -> dict:
 
 def _train(cfg: Config, run_dir: Path, resume: bool) -> dict:
     torch.manual_seed(cfg.run.seed)
-    device = distributed.setup(hardware.pick_device(cfg.run.device))  # under torchrun: this process's GPU, or the CPU
+    device = distributed.setup(runtime.pick_device(cfg.run.device))  # under torchrun: this process's GPU, or the CPU
     rank, world = distributed.rank(), distributed.world_size()
     main = rank == 0  # the one process that writes files and prints
-    bf16 = hardware.use_bf16(cfg.run.precision, device)
+    bf16 = runtime.use_bf16(cfg.run.precision, device)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # one batch shape all run long: time cuDNN's algorithms once for it
 
@@ -96,8 +97,8 @@ def _train(cfg: Config, run_dir: Path, resume: bool) -> dict:
         preprocessing = {"mean": mean, "std": std, "input_size": size,
                          "resize": (cfg.data.resize or size) if cfg.data.crop else size, "in_channels": in_channels}
     mean, std = preprocessing["mean"].to(device), preprocessing["std"].to(device)
-    machine = (f"{hardware.describe(device)}: {'bf16 autocast' if bf16 else 'fp32'} "
-               f"({hardware.precision_reason(cfg.run.precision, device)}), {'channels_last' if cfg.run.channels_last else 'NCHW'}"
+    machine = (f"{runtime.describe(device)}: {'bf16 autocast' if bf16 else 'fp32'} "
+               f"({runtime.precision_reason(cfg.run.precision, device)}), {'channels_last' if cfg.run.channels_last else 'NCHW'}"
                f", {torch.get_num_threads() if device.type == 'cpu' else 1} thread(s) x {world} process(es)")
     tensorboard = _tensorboard(run_dir) if cfg.run.tensorboard and main else None
     metrics_file = run_dir / "metrics.jsonl"

@@ -1,7 +1,7 @@
 """Networks this project trained to the end of a paper recipe, shipped inside the package: "resnet20:cifar10".
 
 Each is a safetensors export (`resnets export`: fp32 weights, classes and preprocessing as metadata, read
-without unpickling) under `resnets/weights/`, one row of `PRETRAINED` with what its model card in
+without unpickling) under `resnets/models/weights/`, one row of `PRETRAINED` with what its model card in
 docs/PRETRAINED.md says: the held-out error that `resnets eval` computes on the images the run held out.
 """
 
@@ -11,14 +11,14 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
-from .errors import UserError
+from ..errors import UserError
 
 NAME = re.compile(r"([a-z][\w.-]*):([a-z][\w.-]*)")  # network:dataset, e.g. resnet20:cifar10
 
 
 @dataclass(frozen=True)
 class Pretrained:
-    file: str  # under resnets/weights/
+    file: str  # under resnets/models/weights/
     sha256: str  # of that file: a damaged install is refused, not run
     heldout_top1_error: float  # `resnets eval NAME --data <cifar10-jpg train> --val-split 5000`, fp32
     val_split: int  # the run held out this many training images...
@@ -43,7 +43,7 @@ def weights_file(name: str) -> Path:
         shipped = ", ".join(PRETRAINED) or "none yet"
         raise UserError(f"no packaged weights named {name!r} (shipped: {shipped}; see docs/PRETRAINED.md)")
     entry = PRETRAINED[name]
-    path = Path(str(resources.files("resnets") / "weights" / entry.file))
+    path = Path(str(resources.files("resnets.models") / "weights" / entry.file))
     try:
         digest = hashlib.sha256(path.read_bytes()).hexdigest()
     except OSError as e:

@@ -11,10 +11,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import files
-from .data import normalize
-from .data.folders import MAX_PIXELS
-from .errors import UserError
+from .. import files
+from ..data import normalize
+from ..data.folders import MAX_PIXELS
+from ..errors import UserError
 from .predict import read_batches
 
 

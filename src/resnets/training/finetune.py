@@ -17,12 +17,12 @@ from pathlib import Path
 
 import torch
 
-from . import distributed
-from .config import Config
-from .errors import UserError
-from .export import is_safetensors, load_model
-from .models import ResNet, ResNetConfig
-from .models.torchvision_weights import read_torchvision, torchvision_preprocessing
+from .. import distributed
+from ..config import Config
+from ..errors import UserError
+from ..models import ResNet, ResNetConfig
+from ..models.torchvision_weights import read_torchvision, torchvision_preprocessing
+from ..serving.export import is_safetensors, load_model
 
 # ResNetConfig fields that decide what the network computes; the others are the classifier's size or act only in
 # training (dropout, drop_path, zero_init_last's initialisation), which fine-tuning may change.

@@ -11,13 +11,14 @@ import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import checkpoint, files
-from .config import Config, PaperSection, load_config
-from .errors import UserError
-from .models import ResNet, ResNetConfig
-from .plots import plot_comparison
+from .. import files
+from ..config import Config, PaperSection, load_config
+from ..errors import UserError
+from ..models import ResNet, ResNetConfig
+from ..plots import plot_comparison
+from ..training import checkpoint
+from ..training.schedule import scheduled_steps
 from .report import legs
-from .schedule import scheduled_steps
 
 # Named schedules. "paper" keeps the recipe's own (CIFAR-10: 64k iterations, lr / 10 at 32k and 48k).
 # "cpu" is the same shape shrunk 32x to fit a 2-core machine: 2,000 iterations (5.7 epochs of 45k images),
@@ -92,7 +93,7 @@ def table6_runs(depths: list[int], **kw) -> list[Run]:
 
 def execute(runs: list[Run], out: Path) -> None:
     """Train every run into out/<name>, reusing finished runs and resuming interrupted ones."""
-    from .train import train  # importing the trainer pulls in the data stack; only experiments that train pay
+    from ..training.loop import train  # importing the trainer pulls in the data stack; only experiments that train pay
 
     for i, run in enumerate(runs, 1):
         run_dir = out / run.name

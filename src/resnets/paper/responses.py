@@ -11,10 +11,10 @@ from pathlib import Path
 
 import torch
 
-from . import checkpoint
-from .config import load_config
-from .data import BatchLoader, load_train_val, normalize
-from .errors import UserError
+from ..config import load_config
+from ..data import BatchLoader, load_train_val, normalize
+from ..errors import UserError
+from ..training import checkpoint
 
 
 def three_by_three_bns(model) -> list[torch.nn.Module]:

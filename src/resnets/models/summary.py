@@ -5,7 +5,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .models import ResNet, create_model
+from . import ResNet, create_model
 
 
 @dataclass

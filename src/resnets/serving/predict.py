@@ -14,9 +14,9 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from .data import normalize
-from .data.folders import IMAGE_EXTENSIONS, MAX_PIXELS, resize_center_crop, to_mode
-from .errors import UserError, first_line
+from ..data import normalize
+from ..data.folders import IMAGE_EXTENSIONS, MAX_PIXELS, resize_center_crop, to_mode
+from ..errors import UserError, first_line
 from .inference import auto_mode, prepare
 
 
@@ -82,13 +82,13 @@ def predict(model, info: dict, paths: list[Path], top_k: int = 5, batch_size: in
     """For each path, in order: {"path", "top": [{"class", "probability"}, ...] best first} or {"path", "error"}.
 
     `model` and `info` as `resnets.load_model` returns them; files are decoded and classified `batch_size`
-    at a time on the model's device, run as `resnets.inference.prepare(model, mode)` runs them; "auto" is
-    `resnets.inference.auto_mode` of the device (int8 needs calibration images, so it is not offered here).
+    at a time on the model's device, run as `resnets.serving.inference.prepare(model, mode)` runs them; "auto" is
+    `resnets.serving.inference.auto_mode` of the device (int8 needs calibration images, so it is not offered here).
     """
     if top_k < 1 or batch_size < 1:
         raise UserError(f"top-k and batch size must be at least 1, not {top_k} and {batch_size}")
     if mode == "int8":
-        raise UserError("int8 needs calibration images: use resnets.inference.prepare(model, 'int8', calibration)")
+        raise UserError("int8 needs calibration images: use resnets.serving.inference.prepare(model, 'int8', calibration)")
     pre, classes = info["preprocessing"], info["classes"]
     device = next(model.parameters()).device
     mode = auto_mode(device) if mode == "auto" else mode

@@ -20,9 +20,10 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
-from . import checkpoint, files, pretrained
-from .errors import UserError, first_line
-from .models import ResNet, ResNetConfig
+from .. import files
+from ..errors import UserError, first_line
+from ..models import ResNet, ResNetConfig, pretrained
+from ..training import checkpoint
 
 FORMAT = "resnets-export-1"  # metadata "format" of every export
 TOLERANCE = 1e-4  # max abs difference on logits between an export and PyTorch fp32 (see export())
@@ -32,7 +33,7 @@ STATS = ("mean", "std")  # preprocessing tensors; the rest of the preprocessing 
 
 def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[ResNet, dict]:
     """(network in eval mode, info) from a checkpoint, a run directory (its newest checkpoint), a safetensors
-    export or the name of packaged weights ("resnet20:cifar10", see resnets.pretrained). info = {"classes",
+    export or the name of packaged weights ("resnet20:cifar10", see resnets.models.pretrained). info = {"classes",
     "preprocessing", "model_config"}; preprocessing holds mean and std tensors and input_size, resize,
     in_channels. Nothing is unpickled beyond tensors (checkpoints: weights_only=True).
     """
@@ -95,7 +96,7 @@ def export(source: str | Path, out: str | Path, format: str | None = None, toler
 
 def _check_images(pre: dict, n: int = 3) -> torch.Tensor:
     """n random uint8 images normalised as in training: realistic inputs, the same ones on every call."""
-    from .data import normalize  # resnets.data imports torchvision (seconds); `import resnets` stays light
+    from ..data import normalize  # resnets.data imports torchvision (seconds); `import resnets` stays light
 
     shape = (n, pre["in_channels"], pre["input_size"], pre["input_size"])
     images = torch.randint(0, 256, shape, dtype=torch.uint8, generator=torch.Generator().manual_seed(0))

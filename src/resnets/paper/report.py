@@ -3,10 +3,10 @@
 import json
 from pathlib import Path
 
-from .checkpoint import LEGS
-from .config import load_config
-from .errors import UserError
-from .schedule import scheduled_steps
+from ..config import load_config
+from ..errors import UserError
+from ..training.checkpoint import LEGS
+from ..training.schedule import scheduled_steps
 
 
 def find_runs(paths: list[str]) -> list[Path]:

@@ -6,8 +6,8 @@ import math
 import torch
 import torch.nn.functional as F
 
-from . import distributed
-from .data import BatchLoader, normalize
+from .. import distributed
+from ..data import BatchLoader, normalize
 
 
 def autocast(device: torch.device, bf16: bool):

@@ -1,0 +1,1 @@
+"""Using a trained network: evaluation, prediction, features, fast inference modes and export."""
