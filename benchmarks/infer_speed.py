@@ -42,7 +42,7 @@ import torchvision
 import resnets
 from resnets.data import load_folder, normalization_stats, normalize, split_validation
 from resnets.serving.inference import MODES, prepare
-from resnets.training import checkpoint
+from resnets.training.run import load_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
 ARCHIVE = REPO.parent / "shared" / "datasets" / "cifar10-jpg-train.tar.gz"
@@ -121,8 +121,9 @@ def resnet50_pair(bn_images: torch.Tensor) -> tuple[torch.nn.Module, resnets.Res
 def resnet20(path: str | None, train_ds) -> tuple[resnets.ResNet, torch.Tensor, torch.Tensor, str]:
     """(model, mean, std, description): a checkpoint's, or random weights with per-channel statistics."""
     if path:
-        ckpt = checkpoint.load(path)
-        model, pre = checkpoint.build_model(ckpt), ckpt["preprocessing"]
+        ckpt = load_checkpoint(path)
+        model, info = resnets.load_model(path)
+        pre = info["preprocessing"]
         last = ckpt["history"][-1] if ckpt.get("history") else {}
         val = f", its own held-out top-1 error {last['val_top1_error']:.2%}" if "val_top1_error" in last else ""
         return (model.eval(), pre["mean"], pre["std"],

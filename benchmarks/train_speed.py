@@ -42,6 +42,7 @@ from torchvision import transforms
 import resnets
 from resnets import runtime
 from resnets.data import ArrayDataset, scan_folder, split_validation
+from resnets.training.run import RunDir
 
 REPO = Path(__file__).resolve().parents[1]
 ARCHIVE = REPO.parent / "shared" / "datasets" / "cifar10-jpg-train.tar.gz"
@@ -186,7 +187,7 @@ def engine_run(variant: dict, name: str, root: Path, iterations: int, milestones
         done = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
         if done.returncode:
             raise SystemExit(f"{variant['label']} failed: {shlex.join(command)}\n{done.stderr[-2000:]}")
-        return json.loads((run_dir / "metrics.jsonl").read_text().splitlines()[-1])
+        return RunDir(run_dir).metrics()[-1]
 
 
 # ---------------------------------------------------------------------------------------------- report

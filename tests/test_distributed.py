@@ -18,8 +18,8 @@ from resnets.cli import main
 from resnets.config import load_config
 from resnets.errors import UserError
 from resnets.models import ResNet
-from resnets.training import checkpoint
 from resnets.training.loop import train
+from resnets.training.run import load_checkpoint
 
 from .ddp_spy import keep_bn_in_eval_mode
 from .fakedata import make_imagenet_folder
@@ -54,7 +54,7 @@ def free_port() -> int:
 
 
 def weights(path) -> dict:
-    return checkpoint.load(path)["model"]
+    return load_checkpoint(path)["model"]
 
 
 def test_two_processes_train_like_one_with_twice_the_batch(imagenet, tmp_path, monkeypatch):
@@ -76,7 +76,7 @@ def test_two_processes_train_like_one_with_twice_the_batch(imagenet, tmp_path, m
     a, b = weights(two), weights(one)
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-5, msg=k)
-    history = [checkpoint.load(r)["history"] for r in (two, one)]
+    history = [load_checkpoint(r)["history"] for r in (two, one)]
     for key in ("iteration", "lr", "val_top1_error", "val_top5_error"):
         assert [m[key] for m in history[0]] == pytest.approx([m[key] for m in history[1]])
     assert [m["train_loss"] for m in history[0]] == pytest.approx([m["train_loss"] for m in history[1]], rel=1e-4)

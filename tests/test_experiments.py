@@ -11,7 +11,7 @@ from resnets.cli import main
 from resnets.data import load_digits
 from resnets.paper import experiments, report
 from resnets.paper.responses import layer_responses, three_by_three_bns
-from resnets.training import checkpoint
+from resnets.training.run import RunDir, load_checkpoint
 
 TINY = ["--data", "digits", "--val-split", "0", "--schedule", "cpu", "schedule.iterations=4", "run.eval_every=2",
         "run.keep_checkpoints=3"]
@@ -43,17 +43,17 @@ def test_degradation_writes_table_json_and_plot_from_the_runs(degradation):
 
 def test_rerun_reuses_finished_runs_and_resumes_interrupted_ones(degradation, capsys):
     plain, resnet = degradation / "plain20-seed0", degradation / "resnet20-seed0"
-    finished = checkpoint.load(resnet)["model"]
+    finished = load_checkpoint(resnet)["model"]
     # Interrupt resnet20 after its first evaluation: drop the final checkpoint and the log line past it.
-    checkpoint.latest(resnet).unlink()
+    RunDir(resnet).latest().unlink()
     lines = (resnet / "metrics.jsonl").read_text().splitlines()
     (resnet / "metrics.jsonl").write_text(lines[0] + "\n")
-    plain_mtime = checkpoint.latest(plain).stat().st_mtime_ns
+    plain_mtime = RunDir(plain).latest().stat().st_mtime_ns
     assert main(["experiment", "degradation", "--depths", "20", "--out", str(degradation), *TINY]) == 0
     out = capsys.readouterr().out
     assert "plain20-seed0: finished" in out and "resnet20-seed0: interrupted" in out
-    assert checkpoint.latest(plain).stat().st_mtime_ns == plain_mtime  # not retrained
-    resumed = checkpoint.load(resnet)["model"]
+    assert RunDir(plain).latest().stat().st_mtime_ns == plain_mtime  # not retrained
+    resumed = load_checkpoint(resnet)["model"]
     assert all(torch.equal(resumed[k], finished[k]) for k in finished)  # resume on CPU is bit-exact
 
 
@@ -69,9 +69,9 @@ def test_shortcut_options_train_the_same_network(tmp_path):
                  *TINY]) == 0
     table = json.loads((out / "shortcuts.json").read_text())
     assert [r["network"] for r in table] == ["resnet20-A", "resnet20-C"]
-    projections = sum(k.endswith("downsample.0.weight") for k in checkpoint.load(out / "resnet20-C-seed0")["model"])
+    projections = sum(k.endswith("downsample.0.weight") for k in load_checkpoint(out / "resnet20-C-seed0")["model"])
     assert projections == 9  # option C projects in every block
-    assert not any("downsample" in k for k in checkpoint.load(out / "resnet20-A-seed0")["model"])
+    assert not any("downsample" in k for k in load_checkpoint(out / "resnet20-A-seed0")["model"])
 
 
 def test_each_shortcut_option_is_set_beside_its_own_paper_figure():
@@ -150,7 +150,6 @@ def test_responses_and_report_from_experiment_runs(degradation, tmp_path, capsys
 def test_an_epoch_schedule_is_finished_after_its_epochs_not_its_count_of_steps(tmp_path):
     """ImageNet recipes count epochs: a run of 2 epochs cut after the first is interrupted, though its step count
     (a dozen steps an epoch on the 1437 digits) is far above 2; the report counts the run's length in steps."""
-    from resnets.paper.experiments import _state
     from resnets.paper.report import run_row
     from resnets.training.loop import train
 
@@ -160,14 +159,14 @@ def test_an_epoch_schedule_is_finished_after_its_epochs_not_its_count_of_steps(t
                   "run.eval_every": 1})
     run = tmp_path / "run"
     train(cfg, run)
-    assert _state(run, cfg) == "finished"
-    finished = run_row(run)
+    assert RunDir(run).state(cfg) == "finished"
+    finished = run_row(RunDir(run))
     assert finished["iterations"] == finished["scheduled_iterations"] == last_metrics(run)["iteration"]
-    checkpoint.checkpoints(run)[-1].unlink()  # cut after the first epoch: its checkpoint and log line remain
+    RunDir(run).checkpoints()[-1].unlink()  # cut after the first epoch: its checkpoint and log line remain
     lines = (run / "metrics.jsonl").read_text().splitlines()
     (run / "metrics.jsonl").write_text("\n".join(lines[:-1]) + "\n")
-    assert _state(run, cfg) == "interrupted"
-    row = run_row(run)
+    assert RunDir(run).state(cfg) == "interrupted"
+    row = run_row(RunDir(run))
     assert row["iterations"] < row["scheduled_iterations"] == 2 * row["iterations"]
 
 
@@ -177,7 +176,7 @@ def test_table6_sets_each_resnet_beside_the_paper_with_its_legs(tmp_path, capsys
     assert main(args) == 0
     run = out / "resnet20-seed0"
     # A second leg: the run interrupted after its first evaluation, then the same command again.
-    checkpoint.latest(run).unlink()
+    RunDir(run).latest().unlink()
     (run / "metrics.jsonl").write_text((run / "metrics.jsonl").read_text().splitlines()[0] + "\n")
     assert main(args) == 0
     assert "resnet20-seed0: interrupted" in capsys.readouterr().out
@@ -200,7 +199,7 @@ def test_table6_sets_each_resnet_beside_the_paper_with_its_legs(tmp_path, capsys
 
 def test_a_run_from_before_legs_were_recorded_is_one_leg_on_an_unrecorded_machine(tmp_path):
     metrics = [{"iteration": 2, "wall_s": 1.5}, {"iteration": 4, "wall_s": 4.0}]
-    assert report.legs(tmp_path, metrics) == [{"from_iteration": 0, "to_iteration": 4, "started": None,
+    assert report.legs(RunDir(tmp_path), metrics) == [{"from_iteration": 0, "to_iteration": 4, "started": None,
                                               "training_s": 4.0, "machine": "not recorded"}]
 
 

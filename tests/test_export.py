@@ -8,8 +8,9 @@ from PIL import Image
 
 from resnets import UserError, load_model
 from resnets.cli import main
+from resnets.models import ResNet, ResNetConfig
 from resnets.serving.export import TOLERANCE, export
-from resnets.training import checkpoint
+from resnets.training.run import FORMAT, load_checkpoint
 
 from .fakedata import Payload
 from .test_predict import train_briefly
@@ -23,8 +24,9 @@ def run(tmp_path_factory):
 @pytest.fixture(scope="module")
 def reference(run):
     """(5 normalised test inputs, the checkpoint's fp32 logits on them, the checkpoint)."""
-    ckpt = checkpoint.load(run)
-    model = checkpoint.build_model(ckpt).eval()
+    ckpt = load_checkpoint(run)
+    model = ResNet(ResNetConfig(**ckpt["model_config"])).eval()  # built here, not by the loader under test
+    model.load_state_dict(ckpt["model"])
     pre = ckpt["preprocessing"]
     x = (torch.rand(5, 1, 8, 8, generator=torch.Generator().manual_seed(1)) - pre["mean"]) / pre["std"]
     with torch.no_grad():
@@ -112,10 +114,10 @@ def test_a_malicious_pickle_is_refused_not_run(run, tmp_path, capsys):
     marker = tmp_path / "pwned"
     image = tmp_path / "digit.png"
     Image.new("L", (8, 8)).save(image)
-    raw = pickle.dumps({"format": checkpoint.FORMAT, "model": Payload(marker)}, protocol=2)
+    raw = pickle.dumps({"format": FORMAT, "model": Payload(marker)}, protocol=2)
     files = {"raw.pt": raw, "raw.safetensors": raw}
-    torch.save({"format": checkpoint.FORMAT, "model": Payload(marker)}, tmp_path / "zip.pt")
-    torch.save({"format": checkpoint.FORMAT, "model": Payload(marker)}, tmp_path / "zip.safetensors")
+    torch.save({"format": FORMAT, "model": Payload(marker)}, tmp_path / "zip.pt")
+    torch.save({"format": FORMAT, "model": Payload(marker)}, tmp_path / "zip.safetensors")
     for name, data in files.items():
         (tmp_path / name).write_bytes(data)
     assert not marker.exists()  # writing the files ran nothing

@@ -20,7 +20,7 @@ from resnets.cli import main
 from resnets.data import load_folder
 from resnets.errors import UserError
 from resnets.plots import plot_curves
-from resnets.training import checkpoint
+from resnets.training.run import RunDir, load_checkpoint, save_checkpoint
 
 from .fakedata import make_image_folder
 from .test_reliability import assert_same_weights, tiny_args, tiny_reference  # noqa: F401 (a fixture)
@@ -32,7 +32,7 @@ METRICS = [{"iteration": i, "train_error": 0.5 / i, "val_top1_error": 0.6 / i} f
 # writes a temp file of its own and renames it onto ours, so a link to /dev/full does not stop it: its case is
 # test_safetensors_quotes_the_os_error and, on a real full disk, the export below.)
 WRITERS = {
-    "torch.save": lambda path: checkpoint.save_atomic({"w": torch.zeros(100_000)}, path),
+    "torch.save": lambda path: save_checkpoint({"w": torch.zeros(100_000)}, path),
     "matplotlib": lambda path: plot_curves(METRICS, path),
     "text": lambda path: files.write_text(path, "x" * 100_000),
 }
@@ -121,7 +121,7 @@ def test_temp_files_match_the_clean_up_pattern_and_a_run_removes_them(tmp_path):
     (tmp_path / "model.safetensors").unlink()
     for tmp in seen:
         tmp.write_bytes(b"half")  # as a kill in the middle of each write leaves them
-    with checkpoint.run_lock(tmp_path):
+    with RunDir(tmp_path).lock():
         pass
     assert sorted(p.name for p in tmp_path.iterdir()) == ["curves.png", "iter-0000008.pt", "metrics.jsonl",
                                                          "model.onnx"]
@@ -193,7 +193,7 @@ def test_a_full_and_a_read_only_disk_are_one_line_exit_1_and_lose_nothing(small_
     assert main(["train", "--resume", str(run)]) == 1
     err = one_line(capsys)
     assert f"cannot write {run / 'curves.png'} (No space left on device)" in err and resume in err
-    assert [p.name for p in checkpoint.checkpoints(run)] == ["iter-0000004.pt"]
+    assert [p.name for p in RunDir(run).checkpoints()] == ["iter-0000004.pt"]
     leave(small_disk, 0)  # not even room to rewrite metrics.jsonl at the start
     assert main(["train", "--resume", str(run)]) == 1
     assert f"cannot write {run / 'metrics.jsonl'} (No space left on device)" in one_line(capsys)
@@ -220,5 +220,5 @@ def test_a_full_and_a_read_only_disk_are_one_line_exit_1_and_lose_nothing(small_
     subprocess.run(["mount", "-o", "remount,rw", str(small_disk)], check=True)
     (small_disk / "filler").unlink()
     assert main(["train", "--resume", str(run)]) == 0
-    assert_same_weights(checkpoint.load(run), tiny_reference)
+    assert_same_weights(load_checkpoint(run), tiny_reference)
     assert export.read_bytes() == b"an older export"

@@ -17,8 +17,8 @@ from resnets.data.folders import decode_rgb
 from resnets.data.imagenet import EIGVAL, EIGVEC, lighting, scale_crop_flip
 from resnets.errors import UserError
 from resnets.serving.evaluate import evaluate, image_scores
-from resnets.training import checkpoint
 from resnets.training.loop import train
+from resnets.training.run import RunDir, load_checkpoint
 from resnets.training.schedule import in_iterations, lr_factor, plateaus
 
 from .fakedata import make_imagenet_folder
@@ -82,13 +82,13 @@ def test_plateau_schedule_resumes_exactly(tmp_path):
                                          "schedule.iterations": 32, "run.eval_every": 8, "run.keep_checkpoints": 5})
     run = tmp_path / "run"
     train(cfg, run)
-    reference = checkpoint.load(run)
+    reference = load_checkpoint(run)
     # The lr of the step before each evaluation: the evaluations at 16 and 24 lower it from steps 17 and 25 on.
     assert [m["lr"] for m in reference["history"]] == pytest.approx([0.1, 0.1, 0.01, 0.001])
-    for later in checkpoint.checkpoints(run)[2:]:
+    for later in RunDir(run).checkpoints()[2:]:
         later.unlink()  # as if the run had died after the first plateau, before its lr drop took effect
     train(cfg, run, resume=True)
-    resumed = checkpoint.load(run)
+    resumed = load_checkpoint(run)
     assert all(torch.equal(reference["model"][k], resumed["model"][k]) for k in reference["model"])
 
 
@@ -176,7 +176,7 @@ def test_imagenet_recipe_trains_on_a_tiny_folder(imagenet, tmp_path, capsys):
     # 19 training files (one corrupt, stood in for) / batch 4 = 4 iterations per epoch; evaluated every epoch.
     assert [m["iteration"] for m in lines] == [4, 8] and [m["epoch"] for m in lines] == [1, 2]
     assert all(math.isfinite(m["train_loss"]) and m["lr"] == pytest.approx(0.01) for m in lines)
-    pre = checkpoint.load(run)["preprocessing"]
+    pre = load_checkpoint(run)["preprocessing"]
     assert (pre["input_size"], pre["resize"], tuple(pre["mean"].shape)) == (32, 36, (3, 32, 32))
 
     capsys.readouterr()

@@ -15,8 +15,8 @@ from resnets.data.folders import decode_rgb, resize_center_crop, scan_folder
 from resnets.serving.evaluate import evaluate
 from resnets.serving.inference import auto_mode
 from resnets.serving.predict import predict, read_image
-from resnets.training import checkpoint
 from resnets.training.loop import train
+from resnets.training.run import FORMAT, load_checkpoint
 
 from .conftest import torch_threads
 from .fakedata import make_image_folder
@@ -223,4 +223,4 @@ def test_bad_checkpoints_and_arguments_exit_2(run, digits, tmp_path, capsys):
         assert main(args) == 2
         err = capsys.readouterr().err
         assert message in err and err.count("\n") == 1, err
-    assert checkpoint.load(run)["format"] == checkpoint.FORMAT
+    assert load_checkpoint(run)["format"] == FORMAT

@@ -32,8 +32,8 @@ from resnets.data import FolderDataset, load_train_val
 from resnets.data.folders import decode_rgb
 from resnets.errors import UserError
 from resnets.serving.predict import read_image
-from resnets.training import checkpoint
 from resnets.training.loop import train
+from resnets.training.run import RunDir, load_checkpoint
 
 from .conftest import torch_threads
 from .fakedata import Payload
@@ -70,7 +70,7 @@ def tiny_reference(tmp_path_factory):
     run = tmp_path_factory.mktemp("tiny") / "run"
     with torch_threads(1):
         train(tiny(), run)
-    return checkpoint.load(run)
+    return load_checkpoint(run)
 
 
 def assert_same_weights(ckpt: dict, reference: dict) -> None:
@@ -117,7 +117,7 @@ def reference(processes, tmp_path_factory):
     child.start()
     child.join()
     assert child.exitcode == 0, (run.parent / "log").read_text()[-2000:]
-    return checkpoint.load(run)
+    return load_checkpoint(run)
 
 
 def _wait_for_new(run: Path, kind: str, n: int, child, before: set[str]) -> None:
@@ -161,16 +161,16 @@ def test_sigkill_at_any_moment_loses_nothing(processes, reference, tmp_path):
         assert child.exitcode == -signal.SIGKILL, log.read_text()[-2000:]
         kills[moment] += 1
         torn += moment == "checkpoint write" and any(p.suffix == ".tmp" for p in run.iterdir())
-        for path in checkpoint.checkpoints(run):  # whatever a loader picks up is whole
-            checkpoint.load(path)
+        for path in RunDir(run).checkpoints():  # whatever a loader picks up is whole
+            load_checkpoint(path)
             loaded += 1
     else:
         pytest.fail("the run never completed")
     print(f"\n{sum(kills.values())} kills survived ({dict(kills)}; {torn} left a half-written temp file), "
           f"{loaded} checkpoint loads after a kill, {launch + 1} launches")
     assert sum(kills.values()) >= 20 and torn >= 3
-    assert_same_weights(checkpoint.load(run), reference)
-    assert [m["val_top1_error"] for m in checkpoint.load(run)["history"]] == [
+    assert_same_weights(load_checkpoint(run), reference)
+    assert [m["val_top1_error"] for m in load_checkpoint(run)["history"]] == [
         m["val_top1_error"] for m in reference["history"]]
     assert not [p for p in run.iterdir() if p.suffix == ".tmp"]  # the temp files of killed writes were removed
     assert len((run / "metrics.jsonl").read_text().splitlines()) == 20  # one line per evaluation, none twice
@@ -206,12 +206,12 @@ def test_concurrent_runs_do_not_interfere_and_a_shared_run_dir_is_refused(proces
         err = (tmp_path / f"intruder{i}").read_text().splitlines()
         assert err[-1] == f"resnets train: error: another run is writing to {tmp_path / 'a'}; wait for it to end " \
                           "or choose another --out"
-    assert_same_weights(checkpoint.load(tmp_path / "a"), reference)
-    assert_same_weights(checkpoint.load(tmp_path / "b"), tiny_reference)
+    assert_same_weights(load_checkpoint(tmp_path / "a"), reference)
+    assert_same_weights(load_checkpoint(tmp_path / "b"), tiny_reference)
     # In one process: the lock is held until train returns, also when it fails.
-    with checkpoint.run_lock(tmp_path / "c"), pytest.raises(UserError, match="another run is writing to"):
+    with RunDir(tmp_path / "c").lock(), pytest.raises(UserError, match="another run is writing to"):
         train(tiny(), tmp_path / "c")
-    with checkpoint.run_lock(tmp_path / "a"):  # released again
+    with RunDir(tmp_path / "a").lock():  # released again
         pass
 
 
@@ -233,8 +233,8 @@ def test_damaged_checkpoints_are_refused_never_loaded_wrong(tiny_reference, tmp_
     or (a flip in zip padding or the archive comment) loads exactly the original contents."""
     run = tmp_path / "run"
     train(tiny(**{"schedule.iterations": 4}), run)
-    good = checkpoint.checkpoints(run)[-1]
-    data, original = good.read_bytes(), checkpoint.load(good)
+    good = RunDir(run).checkpoints()[-1]
+    data, original = good.read_bytes(), load_checkpoint(good)
     rng = random.Random(0)
     variants = [data[:n] for n in [0, 1, 100, *rng.sample(range(len(data)), 40), len(data) - 1]]
     truncated = len(variants)
@@ -247,7 +247,7 @@ def test_damaged_checkpoints_are_refused_never_loaded_wrong(tiny_reference, tmp_
     for content in variants:
         bad.write_bytes(content)
         try:
-            loaded = checkpoint.load(bad)
+            loaded = load_checkpoint(bad)
         except UserError as e:
             assert str(bad) in str(e) and "\n" not in str(e)
             outcome["refused"] += 1
@@ -268,12 +268,12 @@ def test_resume_falls_back_past_damaged_and_foreign_checkpoints(tiny_reference, 
     train(tiny(), run)
     (run / "iter-0000012.pt").unlink()  # stopped after iteration 8 ...
     ckpt8 = run / "iter-0000008.pt"
-    fc = checkpoint.load(ckpt8)["model"]["fc.weight"]
+    fc = load_checkpoint(ckpt8)["model"]["fc.weight"]
     data = bytearray(ckpt8.read_bytes())
     data[data.index(fc.numpy().tobytes()[:64]) + 5] ^= 0x10  # ... and one bit of one fc weight flipped since
     ckpt8.write_bytes(bytes(data))
     assert not torch.equal(torch.load(ckpt8, weights_only=True)["model"]["fc.weight"], fc)  # torch.load takes it
-    (checkpoint.checkpoints(other)[-1]).rename(run / "iter-0000009.pt")
+    (RunDir(other).checkpoints()[-1]).rename(run / "iter-0000009.pt")
     capsys.readouterr()
     train(tiny(), run, resume=True)
     out = capsys.readouterr().out.splitlines()
@@ -281,7 +281,7 @@ def test_resume_falls_back_past_damaged_and_foreign_checkpoints(tiny_reference, 
                      "checkpoint"
     assert out[1].startswith(f"warning: checkpoint {ckpt8} is corrupt (archive/data/") and "CRC-32" in out[1]
     assert out[2] == f"resuming {run} from iteration 4 (iter-0000004.pt)"
-    assert_same_weights(checkpoint.load(run), tiny_reference)
+    assert_same_weights(load_checkpoint(run), tiny_reference)
 
 
 def test_a_class_count_that_does_not_match_the_checkpoint(tmp_path, capsys):
@@ -341,15 +341,15 @@ def test_a_failed_write_is_one_line_and_loses_nothing(tiny_reference, tmp_path, 
     err = one_line_error(capsys)
     assert f"cannot write {run / name} ({os.strerror(error)})" in err
     assert ("resume with `resnets train --resume" if kept else "run again") in err
-    assert [p.name for p in checkpoint.checkpoints(run)] == ["iter-0000004.pt"][:kept]
+    assert [p.name for p in RunDir(run).checkpoints()] == ["iter-0000004.pt"][:kept]
     if kept:
-        assert checkpoint.load(run)["iteration"] == 4
+        assert load_checkpoint(run)["iteration"] == 4
         assert not [p for p in run.iterdir() if p.name.startswith(".")]  # no temp file left
         assert main(["train", "--resume", str(run)]) == 0
     else:
         assert not run.exists()  # nothing was written, so nothing is left
         assert main(["train", "--out", str(run), *tiny_args()]) == 0
-    assert_same_weights(checkpoint.load(run), tiny_reference)
+    assert_same_weights(load_checkpoint(run), tiny_reference)
     assert len((run / "metrics.jsonl").read_text().splitlines()) == 3
 
 
@@ -377,8 +377,8 @@ def test_a_diverging_run_stops_keeping_the_last_good_checkpoint(tmp_path, capsys
     err = one_line_error(capsys)
     assert re.search(f"the {kind} loss became (nan|inf) by iteration {caught_at}; stopped without saving", err)
     assert f"(the newest checkpoint, iter-{good:07d}.pt, is from before)" in err
-    assert checkpoint.checkpoints(run)[-1].name == f"iter-{good:07d}.pt"
-    ckpt = checkpoint.load(run)
+    assert RunDir(run).checkpoints()[-1].name == f"iter-{good:07d}.pt"
+    ckpt = load_checkpoint(run)
     assert all(torch.isfinite(w).all() for w in ckpt["model"].values()) and ckpt["iteration"] == good
     assert len((run / "metrics.jsonl").read_text().splitlines()) == good // eval_every
 
@@ -444,7 +444,7 @@ def test_bad_data_is_converted_skipped_or_refused_before_training(tmp_path, caps
         unread = [m[1] for m in reported]
         assert unread and set(unread) <= set(files["unreadable"]) and len(set(unread)) == len(unread)
         assert [int(m[2]) for m in reported] == list(range(1, len(unread) + 1))
-    ckpt = checkpoint.load(tmp_path / "run")
+    ckpt = load_checkpoint(tmp_path / "run")
     assert ckpt["classes"] == ["c0", "c1", "c2"] and ckpt["iteration"] == 6
     print(f"\n{loader}: {len(files['unreadable'])} unreadable files skipped, {len(files['converted'])} converted, "
           "1 empty class folder skipped, 1 class missing from val")
@@ -488,9 +488,9 @@ def test_a_malicious_checkpoint_runs_nothing(tiny_reference, tmp_path, capsys):
     marker = tmp_path / "pwned"
     run = tmp_path / "run"
     train(tiny(), run)
-    for later in checkpoint.checkpoints(run)[1:]:
+    for later in RunDir(run).checkpoints()[1:]:
         later.unlink()
-    evil = {**checkpoint.load(run), "model": Payload(marker)}
+    evil = {**load_checkpoint(run), "model": Payload(marker)}
     torch.save(evil, run / "iter-0000012.pt")  # a valid zip with a valid CRC: only weights_only stops it
     (run / "iter-0000011.pt").write_bytes(pickle.dumps(evil, protocol=2))  # a bare pickle
     (tmp_path / "garbage.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json at all}")
@@ -504,7 +504,7 @@ def test_a_malicious_checkpoint_runs_nothing(tiny_reference, tmp_path, capsys):
     out = capsys.readouterr().out
     assert out.count("warning:") == 2 and "resuming" in out and "from iteration 4" in out
     assert not marker.exists()
-    assert_same_weights(checkpoint.load(run / "iter-0000012.pt"), tiny_reference)  # the real one replaced it
+    assert_same_weights(load_checkpoint(run / "iter-0000012.pt"), tiny_reference)  # the real one replaced it
     pickle.loads(pickle.dumps(Payload(marker))).close()  # the test's own check: plain pickle runs the payload
     assert marker.exists()
 
@@ -539,7 +539,7 @@ def test_resume_with_another_config_and_debug(tmp_path, capsys):
             "resume with the run's own config.toml") in one_line_error(capsys)
     assert main(["--debug", "train", "--resume", str(run), "optim.lr=0.2"]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("Traceback") and "_check_same_config" in err
+    assert err.startswith("Traceback") and "check_config" in err
     assert err.splitlines()[-1].startswith(f"resnets train: error: {run} was started with a different config")
 
 

@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from resnets.training import checkpoint
+from resnets.training.run import load_checkpoint
 
 from .fakedata import make_image_folder
 
@@ -31,7 +31,7 @@ def test_cpu_path_trains_each_network_where_table6_finds_it(tmp_path):
     for depth in (20, 32):
         run_dir = out / f"resnet{depth}-seed0"
         metrics = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-        assert [m["iteration"] for m in metrics] == [3, 6] and checkpoint.load(run_dir)["iteration"] == 6
+        assert [m["iteration"] for m in metrics] == [3, 6] and load_checkpoint(run_dir)["iteration"] == 6
         assert (out / "logs" / f"resnet{depth}.log").is_file()
         # The table's own config for the run is the run's (it refuses a run directory of another config).
         assert f"resnet{depth}-seed0: finished" in done.stdout

@@ -13,7 +13,7 @@ from PIL import Image
 
 from resnets.cli import main
 from resnets.terminal import plain, shown
-from resnets.training import checkpoint
+from resnets.training.run import load_checkpoint
 
 from .test_reliability import tiny_args
 
@@ -58,7 +58,7 @@ def test_hostile_names_are_escaped_in_text_and_exact_in_json(tmp_path, monkeypat
     err = capsys.readouterr().err
     assert "\x1b" not in err and "UserWarning" not in err and "warnings.warn" not in err
     assert f"warning: skipped 1 unreadable image(s): {data}/\\x1b[31mred\\x1b[0m/\\x1b[2Jbroken\\n.png\n" in err
-    assert checkpoint.load(run)["classes"] == sorted(HOSTILE[:2])  # stored exactly
+    assert load_checkpoint(run)["classes"] == sorted(HOSTILE[:2])  # stored exactly
 
     photos = tmp_path / "photos"
     photos.mkdir()

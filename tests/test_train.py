@@ -1,16 +1,22 @@
+import copy
 import json
 import math
+import subprocess
+import sys
 
 import pytest
 import tomli_w
 import torch
+import torch.nn.functional as F
+from PIL import Image
 
 import resnets.training.loop
 from resnets.cli import main
 from resnets.config import ScheduleSection, list_recipes, load_config
+from resnets.data import load_digits
 from resnets.errors import UserError
-from resnets.training import checkpoint
 from resnets.training.loop import train
+from resnets.training.run import RunDir, load_checkpoint
 from resnets.training.schedule import lr_factor
 
 from .fakedata import make_cifar_archive, make_image_folder
@@ -91,9 +97,9 @@ def test_train_writes_a_complete_run(tmp_path, capsys):
     assert all(keys <= m.keys() for m in lines) and lines[-1] == result
     assert lines[-1]["lr"] == pytest.approx(0.01) and lines[0]["lr"] == pytest.approx(0.1)
     assert (run / "curves.png").stat().st_size > 1000 and (run / "config.toml").is_file()
-    assert [p.name for p in checkpoint.checkpoints(run)] == ["iter-0000008.pt", "iter-0000016.pt", "iter-0000024.pt"]
+    assert [p.name for p in RunDir(run).checkpoints()] == ["iter-0000008.pt", "iter-0000016.pt", "iter-0000024.pt"]
     assert result["val_top1_error"] < 0.5  # 24 steps already beat chance (90%) by far
-    ckpt = checkpoint.load(run)
+    ckpt = load_checkpoint(run)
     assert ckpt["classes"] == [str(d) for d in range(10)] and ckpt["iteration"] == 24
     # `resnets eval` of the final checkpoint on the same test split agrees with the run's own log.
     capsys.readouterr()
@@ -110,29 +116,73 @@ def test_resume_is_bit_exact(tmp_path, monkeypatch):
     train(tiny(), reference)
     interrupted = tmp_path / "interrupted"
     train(tiny(), interrupted)
-    for later in checkpoint.checkpoints(interrupted)[1:]:
+    for later in RunDir(interrupted).checkpoints()[1:]:
         later.unlink()  # as if the process had died just after writing iteration 8's checkpoint
     # The mean and std come from the checkpoint: no new estimate (on ImageNet, 2,000 images decoded again).
     monkeypatch.setattr(resnets.training.loop, "normalization_stats", lambda *a: pytest.fail("statistics re-estimated"))
     train(tiny(), interrupted, resume=True)
-    a, b = checkpoint.load(reference), checkpoint.load(interrupted)
+    a, b = load_checkpoint(reference), load_checkpoint(interrupted)
     assert a["iteration"] == b["iteration"] == 24
     assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
     assert [m["val_top1_error"] for m in a["history"]] == [m["val_top1_error"] for m in b["history"]]
     assert len((interrupted / "metrics.jsonl").read_text().splitlines()) == 3
 
 
+def format_1(ckpt: dict) -> dict:
+    """`ckpt` as the trainer wrote checkpoints before the run module (format 1): a LambdaLR's state beside the
+    optimizer's, whose parameter groups that scheduler had given an initial_lr."""
+    optimizer = copy.deepcopy(ckpt["optimizer"])
+    for group in optimizer["param_groups"]:
+        group["initial_lr"] = ckpt["config"]["optim"]["lr"]
+    probe = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=ckpt["config"]["optim"]["lr"])
+    scheduler = torch.optim.lr_scheduler.LambdaLR(probe, lambda it: 1.0)
+    for _ in range(ckpt["iteration"]):
+        probe.step()
+        scheduler.step()
+    keys = ("iteration", "config", "world_size", "model_config", "model", "classes", "preprocessing", "rng",
+            "history", "cuda_rng")
+    return {"format": "resnets-checkpoint-1", **{k: ckpt[k] for k in keys}, "optimizer": optimizer,
+            "scheduler": scheduler.state_dict()}
+
+
+def test_checkpoints_of_the_old_format_still_eval_predict_export_and_resume(tmp_path, capsys):
+    """A run checkpointed in format 1 (by the trainer before the run module) is evaluated, classifies images,
+    exports, and resumes to the same weights as an uninterrupted run of the new trainer."""
+    reference = tmp_path / "reference"
+    train(tiny(), reference)
+    old = tmp_path / "old"
+    train(tiny(), old)
+    first, *later = RunDir(old).checkpoints()
+    for path in later:
+        path.unlink()
+    torch.save(format_1(load_checkpoint(first)), first)
+    assert load_checkpoint(first)["format"] == "resnets-checkpoint-1"
+    capsys.readouterr()
+    assert main(["eval", str(first), "--data", "digits", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["images"] == 360
+    image = tmp_path / "digit.png"
+    Image.fromarray(load_digits()[1].images[0, 0].numpy()).save(image)
+    assert main(["predict", str(first), str(image), "--json", "--mode", "fp32"]) == 0
+    assert len(json.loads(capsys.readouterr().out)["top"]) == 5
+    assert main(["export", str(first), "--out", str(tmp_path / "old.safetensors")]) == 0
+
+    train(tiny(), old, resume=True)
+    a, b = load_checkpoint(reference), load_checkpoint(old)
+    assert a["iteration"] == b["iteration"] == 24
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+
+
 def test_resume_falls_back_past_a_corrupt_checkpoint(tmp_path, capsys):
     run = tmp_path / "run"
     train(tiny(), run)
-    newest = checkpoint.checkpoints(run)[-1]
+    newest = RunDir(run).checkpoints()[-1]
     newest.write_bytes(newest.read_bytes()[:1000])  # truncated
     with pytest.raises(UserError, match="corrupt") as e:
-        checkpoint.load(newest)
+        load_checkpoint(newest)
     assert "\n" not in str(e.value)
     train(tiny(), run, resume=True)
     assert "trying the previous checkpoint" in capsys.readouterr().out
-    assert checkpoint.load(run)["iteration"] == 24
+    assert load_checkpoint(run)["iteration"] == 24
     assert main(["eval", str(newest.with_name("nope.pt")), "--data", "digits"]) == 2
 
 
@@ -143,12 +193,30 @@ def test_resume_refuses_a_different_config(tmp_path):
 
 
 def test_bf16_and_channels_last_train_like_fp32(tmp_path):
-    """The fast path (bf16 autocast + channels_last) against plain fp32 NCHW after the same 24 steps. Forced,
-    not `auto`: on a CPU without native bf16, auto trains in fp32 and this would compare fp32 with itself."""
+    """The fast path (bf16 autocast + channels_last) against plain fp32 NCHW: the same first step (loss and the
+    direction of the gradient), then as well trained after 24 steps. Forced, not `auto`: on a CPU without native
+    bf16, auto trains in fp32 and this would compare fp32 with itself."""
+    from resnets import create_model
+
+    torch.manual_seed(0)
+    model, x, y = create_model("resnet20"), torch.randn(64, 3, 32, 32), torch.randint(0, 10, (64,))
+
+    def first_step(bf16: bool, channels_last: bool) -> tuple[float, torch.Tensor]:
+        layout = torch.channels_last if channels_last else torch.contiguous_format
+        m = copy.deepcopy(model).to(memory_format=layout)
+        with torch.autocast("cpu", torch.bfloat16, enabled=bf16):
+            loss = F.cross_entropy(m(x.contiguous(memory_format=layout)).float(), y)
+        loss.backward()
+        return loss.item(), torch.cat([p.grad.flatten() for p in m.parameters()])
+
+    (fast_loss, fast_grad), (loss, grad) = first_step(True, True), first_step(False, False)
+    assert fast_loss == pytest.approx(loss, rel=0.02)
+    assert F.cosine_similarity(fast_grad, grad, dim=0) > 0.99
+    # Rounding differs from the first step on and 24 steps at lr 0.1 are chaotic: the runs drift apart (by 6
+    # points of held-out error on 360 images, in either direction, depending on the thread count), but both learn.
     fast = train(tiny(**{"run.precision": "bf16"}), tmp_path / "fast")
     plain = train(tiny(**{"run.precision": "fp32", "run.channels_last": False}), tmp_path / "plain")
-    # Rounding differs from the first step on, so runs drift apart; both must learn as well (within 5 points).
-    assert abs(fast["val_top1_error"] - plain["val_top1_error"]) <= 0.05
+    assert fast["val_top1_error"] < 0.3 and plain["val_top1_error"] < 0.3  # chance: 0.9
     assert abs(fast["train_loss"] - plain["train_loss"]) <= 0.2
 
 
@@ -175,7 +243,7 @@ def test_compiled_model_matches_eager(tmp_path):
     one_step = {"run.precision": "fp32", "schedule.iterations": 1, "run.eval_every": 1}
     compiled = train(tiny(**one_step, **{"run.compile": True}), tmp_path / "c")
     eager = train(tiny(**one_step), tmp_path / "e")
-    a, b = checkpoint.load(tmp_path / "c"), checkpoint.load(tmp_path / "e")
+    a, b = load_checkpoint(tmp_path / "c"), load_checkpoint(tmp_path / "e")
     for k in a["model"]:
         torch.testing.assert_close(a["model"][k].float(), b["model"][k].float(), rtol=1e-3, atol=5e-4)
     assert compiled["train_loss"] == pytest.approx(eager["train_loss"], abs=1e-5)
@@ -200,7 +268,7 @@ def test_trains_on_a_cifar_archive_with_held_out_split(tmp_path):
                                            "schedule.iterations": 4, "run.eval_every": 4, "optim.batch_size": 32})
     result = train(cfg, tmp_path / "run")
     assert result["iteration"] == 4 and math.isfinite(result["train_loss"])
-    ckpt = checkpoint.load(tmp_path / "run")
+    ckpt = load_checkpoint(tmp_path / "run")
     assert ckpt["preprocessing"]["mean"].shape == (3, 32, 32)  # the paper's per-pixel mean
 
 
@@ -211,7 +279,7 @@ def test_eval_matches_class_folders_by_name(tmp_path, capsys):
                              "schedule.iterations": 2, "run.eval_every": 2, "optim.batch_size": 8,
                              "data.cache_dir": ""})
     train(cfg, tmp_path / "run")
-    classes = checkpoint.load(tmp_path / "run")["classes"]
+    classes = load_checkpoint(tmp_path / "run")["classes"]
     # A test folder holding only the last class, which must keep its label (not become class 0).
     only = root / "test_only" / classes[-1]
     only.mkdir(parents=True)
@@ -276,6 +344,17 @@ def test_streamed_folder_trains_exactly_like_the_in_memory_one(tmp_path):
             "schedule.iterations": 6, "run.eval_every": 3, "data.workers": 2}
     memory = train(load_config("cifar10/resnet20", {**base, "data.loader": "memory"}), tmp_path / "memory")
     stream = train(load_config("cifar10/resnet20", {**base, "data.loader": "stream"}), tmp_path / "stream")
-    a, b = checkpoint.load(tmp_path / "memory"), checkpoint.load(tmp_path / "stream")
+    a, b = load_checkpoint(tmp_path / "memory"), load_checkpoint(tmp_path / "stream")
     assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
     assert memory["val_top1_error"] == stream["val_top1_error"]
+
+
+def test_importing_the_trainer_leaves_matplotlib_alone(tmp_path):
+    """No global backend switch or pyplot state on import (a user's notebook keeps its own), yet curves are drawn."""
+    code = ("import sys, pathlib, resnets.training.loop as loop\n"
+            "assert 'matplotlib.pyplot' not in sys.modules\n"
+            "m = [{'iteration': i, 'train_error': 0.5 / i, 'val_top1_error': 0.6 / i} for i in (1, 2)]\n"
+            f"loop.plot_curves(m, pathlib.Path({str(tmp_path / 'c.png')!r}))\n"
+            "assert 'matplotlib.pyplot' not in sys.modules\n")
+    subprocess.run([sys.executable, "-c", code], check=True)
+    assert (tmp_path / "c.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -40,6 +40,7 @@ def cmd_summary(args) -> None:
 def cmd_train(args) -> None:
     from .config import help_keys, list_recipes, load_config
     from .training.loop import train
+    from .training.run import RunDir
 
     if args.help_keys:  # the values this command would train with, not the dataclasses' defaults
         print(help_keys(load_config(args.recipe or DEFAULT_RECIPE, args.overrides)))
@@ -48,26 +49,16 @@ def cmd_train(args) -> None:
         print("\n".join(list_recipes()))
         return
     if args.resume:
-        run_dir = Path(args.resume)
-        if not (run_dir / "config.toml").is_file():
-            raise UserError(_not_a_run(run_dir))
+        run = RunDir(args.resume)
+        cfg = run.config(args.overrides)
         if args.recipe:
             raise UserError("--resume continues a run with its own config.toml; drop --recipe")
-        cfg = load_config(run_dir / "config.toml", args.overrides)
-        train(cfg, run_dir, resume=True)
+        train(cfg, run.path, resume=True)
         return
     recipe = args.recipe or DEFAULT_RECIPE
     cfg = load_config(recipe, args.overrides)
     run_dir = Path(args.out) if args.out else Path("runs") / f"{Path(recipe).stem}-{time.strftime('%Y%m%d-%H%M%S')}"
     train(cfg, run_dir)
-
-
-def _not_a_run(run_dir: Path) -> str:
-    if not run_dir.is_dir():
-        return f"{run_dir} is not a run directory: it does not exist"
-    # What a run killed before it wrote config.toml leaves (train writes it first): nothing to resume from.
-    return (f"{run_dir} has no config.toml: not a run directory, or its run was stopped before it started; start it "
-            f"again with the command that started it, with --out {run_dir}")
 
 
 def cmd_experiment(args) -> None:
@@ -116,7 +107,8 @@ def cmd_responses(args) -> None:
 
 def cmd_report(args) -> None:
     from . import files
-    from .paper.report import find_runs, markdown, run_row
+    from .paper.report import markdown, run_row
+    from .training.run import find_runs
 
     text = markdown([run_row(run) for run in find_runs(args.runs)])
     if args.out:

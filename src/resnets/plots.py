@@ -2,10 +2,9 @@
 
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")  # files only: no display needed, none wanted
-import matplotlib.pyplot as plt
+# Figures made directly, not through pyplot: pyplot keeps global state and would pick (or need) a display
+# backend for the whole process; a Figure of its own draws to a file with Agg, whatever the user's settings.
+from matplotlib.figure import Figure
 
 from . import files
 
@@ -13,7 +12,8 @@ from . import files
 def plot_curves(metrics: list[dict], path: Path, title: str = "") -> None:
     """Training error dashed, validation error bold, against iterations; written atomically."""
     its = [m["iteration"] for m in metrics]
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig = Figure(figsize=(6, 4))
+    ax = fig.subplots()
     ax.plot(its, [100 * m["train_error"] for m in metrics], "--", color="C0", label="train")
     ax.plot(its, [100 * m["val_top1_error"] for m in metrics], "-", color="C0", linewidth=2.2, label="validation")
     ax.set(xlabel="iteration", ylabel="error (%)", title=title, ylim=(0, None))
@@ -24,18 +24,16 @@ def plot_curves(metrics: list[dict], path: Path, title: str = "") -> None:
 
 def _save(fig, path: Path) -> None:
     """Through the one atomic writer (files.replacing): a reader never sees half a picture."""
-    try:
-        fig.tight_layout()
-        with files.replacing(path) as tmp:
-            fig.savefig(tmp, dpi=120, format=Path(path).suffix[1:])  # the temp file's name ends in .tmp
-    finally:
-        plt.close(fig)
+    fig.tight_layout()
+    with files.replacing(path) as tmp:
+        fig.savefig(tmp, dpi=120, format=Path(path).suffix[1:])  # the temp file's name ends in .tmp
 
 
 def plot_comparison(groups: dict[str, list[tuple[str, list[dict]]]], path: Path, title: str = "") -> None:
     """One panel per group (e.g. plain | resnet) as in Figure 6: one colour per run, training error dashed,
     validation error bold, against iterations; the panels share the error axis."""
-    fig, axes = plt.subplots(1, len(groups), figsize=(5.5 * len(groups), 4), sharey=True, squeeze=False)
+    fig = Figure(figsize=(5.5 * len(groups), 4))
+    axes = fig.subplots(1, len(groups), sharey=True, squeeze=False)
     for ax, (group, runs) in zip(axes[0], groups.items()):
         for i, (name, metrics) in enumerate(runs):
             its = [m["iteration"] for m in metrics]
@@ -53,7 +51,8 @@ def plot_comparison(groups: dict[str, list[tuple[str, list[dict]]]], path: Path,
 
 def plot_responses(results: list[dict], path: Path) -> None:
     """Figure 7: each 3x3 layer's response std, in the network's order (left) and sorted (right)."""
-    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
+    fig = Figure(figsize=(11, 4))
+    left, right = fig.subplots(1, 2, sharey=True)
     for i, r in enumerate(results):
         style = {"color": f"C{i}", "label": r["network"], "linestyle": "--" if r["network"].startswith("plain") else "-"}
         left.plot(range(1, len(r["stds"]) + 1), r["stds"], **style)

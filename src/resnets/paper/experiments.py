@@ -16,8 +16,7 @@ from ..config import Config, PaperSection, load_config
 from ..errors import UserError
 from ..models import ResNet, ResNetConfig
 from ..plots import plot_comparison
-from ..training import checkpoint
-from ..training.schedule import scheduled_steps
+from ..training.run import RunDir, load_checkpoint
 from .report import legs
 
 # Named schedules. "paper" keeps the recipe's own (CIFAR-10: 64k iterations, lr / 10 at 32k and 48k).
@@ -96,27 +95,12 @@ def execute(runs: list[Run], out: Path) -> None:
     from ..training.loop import train  # importing the trainer pulls in the data stack; only experiments that train pay
 
     for i, run in enumerate(runs, 1):
-        run_dir = out / run.name
-        state = _state(run_dir, run.cfg)
+        run_dir = RunDir(out / run.name)
+        state = run_dir.state(run.cfg)
         print(f"[{i}/{len(runs)}] {run.name}: {state}")
         if state != "finished":
-            train(run.cfg, run_dir, resume=state == "interrupted")
-        run.metrics = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-
-
-def _state(run_dir: Path, cfg: Config) -> str:
-    """"new", "interrupted" or "finished"; a run directory made with another config is refused."""
-    config_file = run_dir / "config.toml"
-    found = checkpoint.checkpoints(run_dir) if run_dir.is_dir() else []
-    if not config_file.is_file() or not found:
-        return "new"
-    if load_config(config_file).to_dict() != cfg.to_dict():
-        raise UserError(f"{run_dir} holds a run with a different config; delete it or choose another --out")
-    metrics = run_dir / "metrics.jsonl"
-    lines = [json.loads(line) for line in metrics.read_text().splitlines()] if metrics.is_file() else []
-    total = scheduled_steps(cfg.schedule, lines)
-    done = total is not None and int(checkpoint.NAME.fullmatch(found[-1].name).group(1)) >= total
-    return "finished" if done else "interrupted"
+            train(run.cfg, run_dir.path, resume=state == "interrupted")
+        run.metrics = run_dir.metrics()
 
 
 def summarize(runs: list[Run]) -> list[dict]:
@@ -171,8 +155,8 @@ def table6(runs: list[Run], out: Path) -> list[dict]:
         row["iterations"].append(run.metrics[-1]["iteration"])
         row["scheduled"] = run.cfg.schedule.iterations
         row["training_s"] += run.metrics[-1]["wall_s"]
-        row["legs"] += [{"run": run.name, **leg} for leg in legs(out / run.name, run.metrics)]
-        row["config"] = checkpoint.load(checkpoint.latest(out / run.name))["model_config"]
+        row["legs"] += [{"run": run.name, **leg} for leg in legs(RunDir(out / run.name), run.metrics)]
+        row["config"] = load_checkpoint(out / run.name)["model_config"]
     table = []
     for name, r in rows.items():
         best, paper = min(r["errors"]), r["paper"].top1_error or None

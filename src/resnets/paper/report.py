@@ -1,40 +1,21 @@
 """A reproduction report: each run's measured error beside the figure the paper reports for its recipe."""
 
-import json
-from pathlib import Path
-
-from ..config import load_config
 from ..errors import UserError
-from ..training.checkpoint import LEGS
+from ..training.run import RunDir
 from ..training.schedule import scheduled_steps
 
 
-def find_runs(paths: list[str]) -> list[Path]:
-    """Run directories among `paths`; a folder of runs (an experiment's output) stands for its runs."""
-    runs = []
-    for path in map(Path, paths):
-        if (path / "config.toml").is_file():
-            runs.append(path)
-        elif path.is_dir() and (inner := sorted(p.parent for p in path.glob("*/config.toml"))):
-            runs.extend(inner)
-        else:
-            raise UserError(f"{path} is neither a run directory nor a folder of runs (no config.toml)")
-    return runs
-
-
-def run_row(run_dir: Path) -> dict:
-    cfg = load_config(run_dir / "config.toml")
-    lines = (run_dir / "metrics.jsonl").read_text().splitlines() if (run_dir / "metrics.jsonl").is_file() else []
-    if not lines:
-        raise UserError(f"{run_dir} has no evaluations yet (metrics.jsonl is empty)")
-    metrics = [json.loads(line) for line in lines]
+def run_row(run: RunDir) -> dict:
+    cfg, metrics = run.config(), run.metrics()
+    if not metrics:
+        raise UserError(f"{run} has no evaluations yet (metrics.jsonl is empty)")
     last, data = metrics[-1], cfg.data
     split = (f"{data.val_split} held-out training images (split_seed {data.split_seed})" if data.val_split
              else "test split")
     paper = cfg.paper.top1_error or None
     ours = 100 * last["val_top1_error"]
     return {
-        "run": str(run_dir), "network": cfg.model.name, "options": cfg.model.options,
+        "run": str(run), "network": cfg.model.name, "options": cfg.model.options,
         "data": data.path, "evaluated_on": split, "iterations": last["iteration"],
         "scheduled_iterations": scheduled_steps(cfg.schedule, metrics), "top1_error": ours,
         "paper_top1_error": paper, "difference": ours - paper if paper else None, "paper_source": cfg.paper.source,
@@ -63,13 +44,11 @@ def markdown(rows: list[dict]) -> str:
     return "\n".join(lines) + "\n" + "".join(f"\n{n}" for n in notes) + ("\n" if notes else "")
 
 
-def legs(run_dir: Path, metrics: list[dict]) -> list[dict]:
+def legs(run: RunDir, metrics: list[dict]) -> list[dict]:
     """Each leg of a run (a process that trained it, from legs.jsonl) up to its last evaluation: iterations,
     training time (wall_s, evaluation and start-up not counted) and machine. A run with no legs.jsonl (trained
     before it was written) is one leg on a machine not recorded."""
-    path = run_dir / LEGS
-    recorded = ([json.loads(line) for line in path.read_text().splitlines()] if path.is_file()
-                else [{"from_iteration": 0, "started": None, "machine": "not recorded"}])
+    recorded = run.legs() or [{"from_iteration": 0, "started": None, "machine": "not recorded"}]
     rows = []
     for leg, following in zip(recorded, [*recorded[1:], None]):
         start = leg["from_iteration"]

@@ -11,10 +11,10 @@ from pathlib import Path
 
 import torch
 
-from ..config import load_config
 from ..data import BatchLoader, load_train_val, normalize
 from ..errors import UserError
-from ..training import checkpoint
+from ..serving.export import load_model
+from ..training.run import RunDir, iteration_of
 
 
 def three_by_three_bns(model) -> list[torch.nn.Module]:
@@ -61,16 +61,14 @@ def layer_responses(model, ds, mean, std, batch_size: int = 500) -> list[float]:
 
 def run_responses(run_dir: Path, images: int) -> dict:
     """{"network", "run", "stds"} for the newest checkpoint of a run, on its own held-out images."""
-    run_dir = Path(run_dir)
-    if not (run_dir / "config.toml").is_file():
-        raise UserError(f"{run_dir} is not a run directory (no config.toml)")
-    ckpt = checkpoint.load(run_dir)
-    cfg = load_config(run_dir / "config.toml")
+    run = RunDir(run_dir)
+    cfg = run.config()
+    newest = run.latest()
+    model, info = load_model(newest)
     _, val = load_train_val(cfg.data)
     val = val.subset(torch.arange(min(images, len(val))))
-    model = checkpoint.build_model(ckpt)
-    stds = layer_responses(model, val, ckpt["preprocessing"]["mean"], ckpt["preprocessing"]["std"])
-    return {"network": cfg.model.name, "run": str(run_dir), "iteration": ckpt["iteration"], "images": len(val),
+    stds = layer_responses(model, val, info["preprocessing"]["mean"], info["preprocessing"]["std"])
+    return {"network": cfg.model.name, "run": str(run), "iteration": iteration_of(newest), "images": len(val),
             "stds": stds}
 
 

@@ -23,7 +23,7 @@ from safetensors.torch import load_file, save_file
 from .. import files
 from ..errors import UserError, first_line
 from ..models import ResNet, ResNetConfig, pretrained
-from ..training import checkpoint
+from ..training.run import load_checkpoint
 
 FORMAT = "resnets-export-1"  # metadata "format" of every export
 TOLERANCE = 1e-4  # max abs difference on logits between an export and PyTorch fp32 (see export())
@@ -43,7 +43,7 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[Re
     elif path.suffix == ".safetensors" and path.is_file():
         raise UserError(f"{path} is not a safetensors file")
     else:
-        ckpt = checkpoint.load(path)
+        ckpt = load_checkpoint(path)
         missing = [k for k in ("model_config", "model", "classes", "preprocessing") if k not in ckpt]
         if missing:
             raise UserError(f"{path} lacks {', '.join(missing)}: not a complete resnets checkpoint")

@@ -1,11 +1,10 @@
 """train(cfg, run_dir): the paper's training loop, readable top to bottom.
 
-A run directory holds config.toml (the resolved config), metrics.jsonl (one line per evaluation),
-iter-NNNNNNN.pt checkpoints (the newest few) and curves.png. `resume=True` continues a run from its
-newest checkpoint to the configured end; on CPU the result is bit-identical to an uninterrupted run,
-because every random choice is a function of (seed, epoch, batch) and the checkpoint holds the rest.
-Every file is replaced atomically and one run at a time holds the directory (checkpoint.run_lock), so a run
-killed at any moment resumes with nothing lost (docs/RELIABILITY.md).
+`train` sets up (the data, the network, the optimizer), starts or resumes the run's TrainState (training/run.py
+owns the run directory and its checkpoints), then steps, evaluating and saving every run.eval_every iterations.
+The learning rate is a pure function of the iteration (`lr_at`), set on the optimizer before every step.
+`resume=True` continues a run from its newest checkpoint to the configured end; on CPU the result is
+bit-identical to an uninterrupted run.
 
 Under torchrun (`torchrun --nproc_per_node=N -m resnets train ...`) the same loop runs in every process on its
 share of each step's N x batch_size images, DistributedDataParallel averaging the gradients; only rank 0 writes
@@ -13,60 +12,109 @@ the run directory and prints, and every rank reads the checkpoint when resuming.
 """
 
 import contextlib
-import json
 import math
 import os
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
-import tomli_w
 import torch
 import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from .. import distributed, files, runtime
-from ..config import Config, from_dict, load_config
+from ..config import Config, ScheduleSection
 from ..data import BatchLoader, default_workers, lighting, load_train_val, normalization_stats, normalize
-from ..errors import UserError, first_line
+from ..errors import UserError
 from ..models import ResNet
 from ..plots import plot_curves
 from ..serving.evaluate import autocast, evaluate
-from ..terminal import shown
-from . import checkpoint, finetune
+from . import finetune
+from .run import RunDir, TrainState
 from .schedule import in_iterations, lr_factor
 
 
-def train(cfg: Config, run_dir: Path, resume: bool = False) -> dict:
+def train(cfg: Config, run_dir: str | Path, resume: bool = False) -> dict:
     """Train as `cfg` says, writing into `run_dir` (refused while another run writes there); returns the last
     evaluation's metrics."""
+    run = RunDir(run_dir)
     if int(os.environ.get("RANK", "0")) != 0:  # under torchrun only rank 0 writes, so only it holds the directory
-        return _train(cfg, Path(run_dir), resume)
-    with checkpoint.run_lock(run_dir) as locked:
-        return _train(cfg, locked, resume)
+        return _train(cfg, run, resume)
+    with run.lock():
+        return _train(cfg, run, resume)
 
 
-def _train(cfg: Config, run_dir: Path, resume: bool) -> dict:
+def _train(cfg: Config, run: RunDir, resume: bool) -> dict:
     torch.manual_seed(cfg.run.seed)
+    # model.init is read before the data, so that a wrong name fails at once; a resumed run has its own weights.
+    init = finetune.read(cfg.model.init) if cfg.model.init and not resume else None
+    s = set_up(cfg)
+    state = TrainState(s.model, s.optimizer)
+    if resume:
+        state.resume(run, cfg, s.world)
+    elif run.checkpoints():
+        raise UserError(f"{run} already holds a run; resume it with --resume or choose another --out")
+    if state.preprocessing is None:  # a fresh start: model.init's weights (if any), the statistics to use
+        state.preprocessing = _preprocessing(cfg, s, init)
+    s.mean, s.std = state.preprocessing["mean"].to(s.device), state.preprocessing["std"].to(s.device)
+    tensorboard = _tensorboard(run) if cfg.run.tensorboard and s.main else None
+    if s.main:
+        with _writes(run):
+            if not resume:
+                run.write_config(cfg)
+            run.write_metrics(state.history)  # drops lines past the checkpoint
+            run.record_leg(state.iteration, s.machine)
+        _announce(s, run)
+    # DDP averages the gradients over the processes in backward (and starts from rank 0's weights).
+    s.step_model = DistributedDataParallel(s.model) if s.world > 1 else s.model
+    if cfg.run.compile:
+        s.step_model = torch.compile(s.step_model, mode=_compile_mode(s.device, s.world))
+    fit(s, run, state, tensorboard)
+    if tensorboard:
+        tensorboard.close()
+    return state.history[-1] if state.history else {}
+
+
+@dataclass
+class Setup:
+    """What a run trains with, built from its config; none of it is saved (the TrainState is)."""
+
+    cfg: Config
+    device: torch.device
+    bf16: bool
+    world: int
+    main: bool  # the one process that writes files and prints
+    train_set: object
+    val_set: object
+    workers: int
+    model: ResNet
+    optimizer: torch.optim.Optimizer
+    base_lrs: list[float]  # each parameter group's lr at schedule factor 1
+    loader: BatchLoader
+    schedule: ScheduleSection  # counted in iterations
+    eval_every: int  # iterations
+    machine: str  # what the run runs on, for its first lines and legs.jsonl
+    step_model: torch.nn.Module | None = None  # the model as stepped: under DDP and torch.compile when asked
+    mean: torch.Tensor | None = None  # the normalisation, on the device
+    std: torch.Tensor | None = None
+
+
+def set_up(cfg: Config) -> Setup:
+    """The device, the data, the network and its optimizer, as the config says."""
     device = distributed.setup(runtime.pick_device(cfg.run.device))  # under torchrun: this process's GPU, or the CPU
     rank, world = distributed.rank(), distributed.world_size()
-    main = rank == 0  # the one process that writes files and prints
     bf16 = runtime.use_bf16(cfg.run.precision, device)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # one batch shape all run long: time cuDNN's algorithms once for it
-
-    # model.init is read before the data, so that a wrong name fails at once; a resumed run has its own weights.
-    init = finetune.read(cfg.model.init) if cfg.model.init and not resume else None
     train_set, val_set = load_train_val(cfg.data)
     workers = default_workers(cfg.data.workers)
-    in_channels, size, _ = train_set.image_shape
-    model = ResNet(cfg.model_config(len(train_set.classes), in_channels)).to(device)
+    model = ResNet(cfg.model_config(len(train_set.classes), train_set.image_shape[0])).to(device)
     model.freeze(cfg.model.freeze)
     if cfg.run.sync_bn:
         model = distributed.sync_batchnorm(model, device)
     if cfg.run.channels_last:
         model = model.to(memory_format=torch.channels_last)
-
     # The paper decays every weight (Caffe's default), BN included; so do we. N processes take N times the
     # images per step at N times the lr (the linear scaling rule; OptimSection). On a GPU the update is one fused
     # pass over all the weights (the default, foreach, makes several). Fine-tuning may train the backbone slower.
@@ -79,105 +127,114 @@ def _train(cfg: Config, run_dir: Path, resume: bool) -> dict:
                          workers=workers, rank=rank, world=world, device=device)
     if len(loader) == 0:
         raise UserError(f"{world} x batch_size {cfg.optim.batch_size} exceeds the {len(train_set)} training images")
-    schedule = in_iterations(cfg.schedule, len(loader))
-    eval_every = cfg.run.eval_every * (len(loader) if cfg.schedule.unit == "epoch" else 1)
-
-    iteration, history, preprocessing = 0, [], None
-    # The plateau schedule reads `history` as evaluations are appended to it (and as _restore replaces it).
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda it: lr_factor(schedule, it, history, world))
-    if resume:
-        iteration, history, preprocessing = _restore(run_dir, cfg, model, optimizer, scheduler, world)
-    elif checkpoint.checkpoints(run_dir):
-        raise UserError(f"{run_dir} already holds a run; resume it with --resume or choose another --out")
-    if preprocessing is None:  # a fresh start: model.init's weights (if any), the statistics to normalise with
-        stats = finetune.start(cfg, model, train_set, init) if cfg.model.init else None
-        mean, std = stats if stats is not None else _normalization(train_set, cfg.data.normalize, workers)
-        # Everything predict/export need to feed the network a new image: shorter side resized to `resize`,
-        # centre crop of `input_size`, channels, then (x / 255 - mean) / std.
-        preprocessing = {"mean": mean, "std": std, "input_size": size,
-                         "resize": (cfg.data.resize or size) if cfg.data.crop else size, "in_channels": in_channels}
-    mean, std = preprocessing["mean"].to(device), preprocessing["std"].to(device)
     machine = (f"{runtime.describe(device)}: {'bf16 autocast' if bf16 else 'fp32'} "
-               f"({runtime.precision_reason(cfg.run.precision, device)}), {'channels_last' if cfg.run.channels_last else 'NCHW'}"
-               f", {torch.get_num_threads() if device.type == 'cpu' else 1} thread(s) x {world} process(es)")
-    tensorboard = _tensorboard(run_dir) if cfg.run.tensorboard and main else None
-    metrics_file = run_dir / "metrics.jsonl"
-    if main:
-        with _writes(run_dir):
-            if not resume:
-                files.write_text(run_dir / "config.toml", tomli_w.dumps(cfg.to_dict()))
-            _write_metrics(history, metrics_file, None)  # drops lines past the checkpoint
-            _record_leg(run_dir, iteration, machine)
-    # DDP averages the gradients over the processes in backward (and starts from rank 0's weights).
-    step_model = DistributedDataParallel(model) if world > 1 else model
-    step_model = torch.compile(step_model, mode=_compile_mode(device, world)) if cfg.run.compile else step_model
+               f"({runtime.precision_reason(cfg.run.precision, device)}), "
+               f"{'channels_last' if cfg.run.channels_last else 'NCHW'}, "
+               f"{torch.get_num_threads() if device.type == 'cpu' else 1} thread(s) x {world} process(es)")
+    return Setup(cfg, device, bf16, world, rank == 0, train_set, val_set, workers, model, optimizer,
+                 [g["lr"] for g in optimizer.param_groups], loader, in_iterations(cfg.schedule, len(loader)),
+                 cfg.run.eval_every * (len(loader) if cfg.schedule.unit == "epoch" else 1), machine)
 
-    total = schedule.iterations
-    if main:
-        print(f"training {cfg.model.name} on {len(train_set)} images ({len(train_set.classes)} classes), validating "
-              f"on {len(val_set)}; {total} iterations of {cfg.optim.batch_size}"
-              f"{f' x {world} processes' if world > 1 else ''}; run directory {run_dir}\n{machine}")
-        if model.frozen_stages:
-            print(finetune.frozen(model))
-    model.train()
+
+def _preprocessing(cfg: Config, s: Setup, init) -> dict:
+    """What predict/export need to feed the network a new image: shorter side resized to `resize`, centre crop of
+    `input_size`, channels, then (x / 255 - mean) / std, with model.init's statistics or the data's."""
+    stats = finetune.start(cfg, s.model, s.train_set, init) if cfg.model.init else None
+    mean, std = stats if stats is not None else _normalization(s.train_set, cfg.data.normalize, s.workers)
+    in_channels, size, _ = s.train_set.image_shape
+    return {"mean": mean, "std": std, "input_size": size,
+            "resize": (cfg.data.resize or size) if cfg.data.crop else size, "in_channels": in_channels}
+
+
+def _announce(s: Setup, run: RunDir) -> None:
+    cfg, world = s.cfg, s.world
+    print(f"training {cfg.model.name} on {len(s.train_set)} images ({len(s.train_set.classes)} classes), validating "
+          f"on {len(s.val_set)}; {s.schedule.iterations} iterations of {cfg.optim.batch_size}"
+          f"{f' x {world} processes' if world > 1 else ''}; run directory {run}\n{s.machine}")
+    if s.model.frozen_stages:
+        print(finetune.frozen(s.model))
+
+
+def lr_at(s: Setup, iteration: int, history: list[dict]) -> list[float]:
+    """Each parameter group's lr for step `iteration` (0-based): its lr at factor 1 times the schedule's factor.
+    `history` (the evaluations so far) matters to the plateau schedule alone."""
+    factor = lr_factor(s.schedule, iteration, history, s.world)
+    return [base_lr * factor for base_lr in s.base_lrs]
+
+
+def fit(s: Setup, run: RunDir, state: TrainState, tensorboard) -> None:
+    """Step from state.iteration to the schedule's end, evaluating and saving every eval_every iterations."""
+    total, per_epoch = s.schedule.iterations, len(s.loader)
+    s.model.train()
     meter = Meter()
-    while iteration < total:
-        epoch, start = divmod(iteration, len(loader))
-        bar = tqdm(loader.epoch(epoch, start), initial=start, total=len(loader), desc=f"epoch {epoch + 1}",
-                   leave=False, disable=None if main else True, unit="batch")
+    while state.iteration < total:
+        epoch, start = divmod(state.iteration, per_epoch)
+        bar = tqdm(s.loader.epoch(epoch, start), initial=start, total=per_epoch, desc=f"epoch {epoch + 1}",
+                   leave=False, disable=None if s.main else True, unit="batch")
         for images, labels in bar:
-            x = normalize(images.to(device, non_blocking=True), mean, std)
-            if cfg.data.lighting:  # AlexNet's colour noise, drawn like the other augmentations
-                x = lighting(x, cfg.data.lighting * loader.noise(epoch, iteration % len(loader), 3), std)
-            if cfg.run.channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
-            labels = labels.to(device, non_blocking=True)
-            with autocast(device, bf16):
-                logits = step_model(x).float()
-            loss = F.cross_entropy(logits, labels, label_smoothing=cfg.optim.label_smoothing)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            scheduler.step()
-            iteration += 1
+            loss, logits, labels = step(s, state, images, labels, epoch)
             meter.add(loss.detach(), logits, labels)
-            if iteration % 10 == 0:
+            if state.iteration % 10 == 0:
                 # Reading the loss waits for the device, so only every 10 steps: a diverged run stops within
                 # 10 steps, long before the next evaluation could save its weights.
-                _check_finite("training", meter.loss(), iteration, run_dir, bar)
+                _check_finite("training", meter.loss(), state.iteration, run, bar)
                 if not bar.disable:
                     bar.set_postfix(loss=f"{loss.item():.3f}", err=f"{meter.error():.1%}",
                                     img_s=f"{meter.rate():.0f}",
-                                    eta=_duration((total - iteration) * len(labels) / meter.rate()))
-
-            if iteration % eval_every == 0 or iteration == total:
-                meter.reduce()
-                _check_finite("training", meter.loss(), iteration, run_dir, bar)
-                distributed.broadcast_buffers(model)  # evaluate and save rank 0's BN statistics everywhere
-                val = evaluate(model, val_set, mean, std, device, bf16, workers=workers)
-                _check_finite("validation", val["loss"], iteration, run_dir, bar)  # weights broken by the last step
-                history.append({
-                    "iteration": iteration, "epoch": round(iteration / len(loader), 3),
-                    "lr": cfg.optim.lr * world * lr_factor(schedule, iteration - 1, history, world),
-                    "train_loss": meter.loss(), "train_error": meter.error(), "val_loss": val["loss"],
-                    "val_top1_error": val["top1_error"], "val_top5_error": val["top5_error"],
-                    "images_per_s": round(meter.rate(), 1),
-                    "wall_s": round((history[-1]["wall_s"] if history else 0) + meter.elapsed(), 2),
-                })
-                if main:
-                    bar.write(_format(history[-1], total))
-                    with _writes(run_dir):
-                        _write_metrics(history, metrics_file, tensorboard)
-                        _save(run_dir, cfg, model, optimizer, scheduler, history, train_set.classes, preprocessing,
-                              world)
-                        plot_curves(history, run_dir / "curves.png", title=f"{cfg.model.name}")
+                                    eta=_duration((total - state.iteration) * len(labels) / meter.rate()))
+            if state.iteration % s.eval_every == 0 or state.iteration == total:
+                evaluate_and_save(s, run, state, meter, bar, tensorboard)
                 meter = Meter()
-            if iteration == total:
+            if state.iteration == total:
                 break
         bar.close()
-    if tensorboard:
-        tensorboard.close()
-    return history[-1] if history else {}
+
+
+def step(s: Setup, state: TrainState, images: torch.Tensor, labels: torch.Tensor, epoch: int):
+    """One SGD step on a batch at the lr of state.iteration; returns (loss, logits, labels) on the device."""
+    cfg = s.cfg
+    x = normalize(images.to(s.device, non_blocking=True), s.mean, s.std)
+    if cfg.data.lighting:  # AlexNet's colour noise, drawn like the other augmentations
+        x = lighting(x, cfg.data.lighting * s.loader.noise(epoch, state.iteration % len(s.loader), 3), s.std)
+    if cfg.run.channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    labels = labels.to(s.device, non_blocking=True)
+    for group, lr in zip(s.optimizer.param_groups, lr_at(s, state.iteration, state.history)):
+        group["lr"] = lr
+    with autocast(s.device, s.bf16):
+        logits = s.step_model(x).float()
+    loss = F.cross_entropy(logits, labels, label_smoothing=cfg.optim.label_smoothing)
+    s.optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    s.optimizer.step()
+    state.iteration += 1
+    return loss, logits, labels
+
+
+def evaluate_and_save(s: Setup, run: RunDir, state: TrainState, meter: "Meter", bar, tensorboard) -> None:
+    """Score the held-out images, append the metrics line and (rank 0) write it, the checkpoint and the curves."""
+    iteration = state.iteration
+    meter.reduce()
+    _check_finite("training", meter.loss(), iteration, run, bar)
+    distributed.broadcast_buffers(s.model)  # evaluate and save rank 0's BN statistics everywhere
+    val = evaluate(s.model, s.val_set, s.mean, s.std, s.device, s.bf16, workers=s.workers)
+    _check_finite("validation", val["loss"], iteration, run, bar)  # weights broken by the last step
+    history = state.history
+    history.append({
+        "iteration": iteration, "epoch": round(iteration / len(s.loader), 3), "lr": lr_at(s, iteration - 1, history)[-1],
+        "train_loss": meter.loss(), "train_error": meter.error(), "val_loss": val["loss"],
+        "val_top1_error": val["top1_error"], "val_top5_error": val["top5_error"],
+        "images_per_s": round(meter.rate(), 1),
+        "wall_s": round((history[-1]["wall_s"] if history else 0) + meter.elapsed(), 2),
+    })
+    if not s.main:
+        return
+    bar.write(_format(history[-1], s.schedule.iterations))
+    with _writes(run):
+        run.write_metrics(history)
+        _log_tensorboard(tensorboard, history[-1])
+        state.save(run, s.cfg, s.train_set.classes, s.world)
+        plot_curves(history, run.curves_file, title=f"{s.cfg.model.name}")
 
 
 def _compile_mode(device: torch.device, world: int) -> str | None:
@@ -220,53 +277,40 @@ class Meter:
             self.loss_sum, self.errors, self.seen = sums.tolist()
 
 
-def _check_finite(kind: str, loss: float, iteration: int, run_dir: Path, bar) -> None:
+def _check_finite(kind: str, loss: float, iteration: int, run: RunDir, bar) -> None:
     """Stop a diverged run before it saves a checkpoint of broken weights."""
     if not math.isfinite(loss):
         bar.close()
-        kept = checkpoint.checkpoints(run_dir)
+        kept = run.checkpoints()
         raise UserError(f"the {kind} loss became {loss} by iteration {iteration}; stopped without saving (the newest "
                         f"checkpoint, {kept[-1].name if kept else 'none yet'}, is from before): lower optim.lr or "
                         "warm up (schedule.warmup_iterations) and train again")
 
 
 @contextlib.contextmanager
-def _writes(run_dir: Path):
+def _writes(run: RunDir):
     """A write into the run directory that the machine refused (files.WriteFailure, or an OSError of TensorBoard's
     own writer) as one line that says how to go on: resume, or run again if nothing worth resuming was written."""
     try:
         yield
     except (files.WriteFailure, OSError) as e:
-        path, error = (e.path, e.error) if isinstance(e, files.WriteFailure) else (e.filename or run_dir, e)
-        then = f"resume with `resnets train --resume {run_dir}`" if (run_dir / "config.toml").is_file() else "run again"
+        path, error = (e.path, e.error) if isinstance(e, files.WriteFailure) else (e.filename or run.path, e)
+        then = f"resume with `resnets train --resume {run}`" if run.is_run() else "run again"
         raise files.WriteFailure(path, error, then) from e
 
 
-def _record_leg(run_dir: Path, iteration: int, machine: str) -> None:
-    """legs.jsonl gains a line for this process's leg of the run: where it starts and on what machine. Legs that
-    started at or after this one's iteration saved nothing (their work is redone now) and are dropped."""
-    path = run_dir / checkpoint.LEGS
-    legs = [json.loads(line) for line in path.read_text().splitlines()] if path.is_file() else []
-    legs = [leg for leg in legs if leg["from_iteration"] < iteration]
-    legs.append({"from_iteration": iteration, "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "machine": machine})
-    files.write_text(path, "".join(json.dumps(leg) + "\n" for leg in legs))
-
-
-def _tensorboard(run_dir: Path):
+def _tensorboard(run: RunDir):
     try:
         from torch.utils.tensorboard import SummaryWriter
     except ImportError:
         raise UserError("run.tensorboard=true needs the tensorboard package: pip install tensorboard") from None
-    return SummaryWriter(run_dir / "tensorboard")
+    return SummaryWriter(run.path / "tensorboard")
 
 
-def _write_metrics(history: list[dict], metrics_file: Path, tensorboard) -> None:
-    """metrics.jsonl rewritten whole and atomically (never half a line, whenever the run is killed); the newest
-    line to TensorBoard."""
-    files.write_text(metrics_file, "".join(json.dumps(m) + "\n" for m in history))
+def _log_tensorboard(tensorboard, metrics: dict) -> None:
     if tensorboard:
-        for key, value in history[-1].items():
-            tensorboard.add_scalar(key, value, history[-1]["iteration"])
+        for key, value in metrics.items():
+            tensorboard.add_scalar(key, value, metrics["iteration"])
         tensorboard.flush()
 
 
@@ -281,86 +325,8 @@ def _duration(seconds: float) -> str:
     return f"{h}:{rest // 60:02d}:{rest % 60:02d}"
 
 
-def _save(run_dir, cfg, model, optimizer, scheduler, history, classes, preprocessing, world) -> None:
-    iteration = history[-1]["iteration"]
-    state = {
-        "format": checkpoint.FORMAT, "iteration": iteration, "config": cfg.to_dict(), "world_size": world,
-        "model_config": model.config.to_dict(), "model": model.state_dict(), "classes": list(classes),
-        "preprocessing": preprocessing, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-        "rng": torch.get_rng_state(), "history": history,
-        # Dropout and stochastic depth draw from the device's generator too.
-        "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-    }
-    checkpoint.save_atomic(state, run_dir / f"iter-{iteration:07d}.pt")
-    for old in checkpoint.checkpoints(run_dir)[: -cfg.run.keep_checkpoints]:
-        old.unlink()
-
-
 def _normalization(train_set, mode: str, workers: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(mean, std) for `normalize`: rank 0 estimates them (on 2,000 images spread over the folder when it is
     streamed, decoded by the workers) and sends them to the other ranks, which would only repeat its work."""
     stats = normalization_stats(train_set.sample(2000, workers), mode) if distributed.rank() == 0 else None
     return distributed.broadcast_object(stats)
-
-
-def _restore(run_dir, cfg, model, optimizer, scheduler, world) -> tuple[int, list[dict], dict | None]:
-    """Load the newest usable checkpoint into the live objects, falling back past damaged or foreign ones;
-    returns its (iteration, history, preprocessing)."""
-    _check_same_config(run_dir, cfg)
-    found = checkpoint.checkpoints(run_dir)
-    if not found:  # stopped before its first checkpoint: the same run, from the start
-        print(f"{run_dir} holds no checkpoint yet; starting from iteration 0")
-        return 0, [], None
-    problems = []
-    for path in reversed(found):
-        try:
-            state = checkpoint.load(path)
-            iteration, history = _load_state(path, state, cfg, model, optimizer, scheduler, world)
-            break
-        except UserError as e:
-            print(f"warning: {shown(e)}; trying the previous checkpoint")
-            problems.append(str(e))
-    else:
-        raise UserError(f"no usable checkpoint in {run_dir}; the newest: {problems[0]}")
-    if distributed.rank() == 0:
-        print(f"resuming {run_dir} from iteration {iteration} ({path.name})")
-    return iteration, history, state.get("preprocessing")  # the mean and std it was trained with, not a new estimate
-
-
-def _check_same_config(run_dir: Path, cfg: Config) -> None:
-    """Refuse to resume under another config than the run's own: its checkpoints are the state of that one."""
-    if not (run_dir / "config.toml").is_file():
-        return
-    theirs, ours = load_config(run_dir / "config.toml").to_dict(), cfg.to_dict()
-    changed = [f"{s}.{k}={theirs[s].get(k)!r} (now {v!r})" for s in ours for k, v in ours[s].items()
-               if theirs[s].get(k) != v]
-    if changed:
-        raise UserError(f"{run_dir} was started with a different config ({', '.join(changed[:3])}); resume with the "
-                        "run's own config.toml, or start a new run with --out")
-
-
-def _load_state(path: Path, state: dict, cfg: Config, model, optimizer, scheduler, world) -> tuple[int, list[dict]]:
-    """A checkpoint's state into the live objects, and its (iteration, history); UserError if it is another
-    run's or another network's."""
-    # Through from_dict: keys added since the checkpoint was written take the defaults it trained with.
-    if from_dict(state.get("config") or {}).to_dict() != cfg.to_dict():
-        raise UserError(f"{path} was written with a different config")
-    theirs = state.get("model_config") or {}
-    if theirs.get("num_classes") != model.config.num_classes:
-        raise UserError(f"{path} is for {theirs.get('num_classes')} classes but the data has "
-                        f"{model.config.num_classes}")
-    if theirs != model.config.to_dict():
-        raise UserError(f"{path} holds another network than the config builds")
-    if state.get("world_size", 1) != world:  # another world size would mean other batches and another lr
-        raise UserError(f"{path} was trained by {state.get('world_size', 1)} processes; resume it with as many "
-                        f"(torchrun --nnodes x --nproc_per_node), not {world}")
-    try:
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        torch.set_rng_state(state["rng"])
-        if state["cuda_rng"] and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(state["cuda_rng"])
-        return state["iteration"], state["history"]
-    except (KeyError, TypeError, ValueError, RuntimeError) as e:
-        raise UserError(f"{path} does not fit the network ({first_line(e)})") from None
