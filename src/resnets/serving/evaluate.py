@@ -1,17 +1,12 @@
 """Top-1 / top-5 error of a model on a dataset, under one of the paper's test protocols, on one or N processes."""
 
-import contextlib
 import math
 
 import torch
 import torch.nn.functional as F
 
-from .. import distributed
+from .. import distributed, runtime
 from ..data import BatchLoader, normalize
-
-
-def autocast(device: torch.device, bf16: bool):
-    return torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
 
 
 @torch.no_grad()
@@ -72,6 +67,6 @@ def _logits(model, images: torch.Tensor, mean, std, device, bf16: bool) -> torch
         # flat on ImageNet, so the choice hardly matters.
         mean = F.interpolate(mean[None], size=x.shape[-2:], mode="bilinear", align_corners=False)[0]
     x = normalize(x, mean, std).contiguous(memory_format=torch.channels_last)
-    with autocast(device, bf16):
+    with runtime.autocast(device, bf16):
         return model(x).float()
 

@@ -31,7 +31,7 @@ from ..data import BatchLoader, default_workers, lighting, load_train_val, norma
 from ..errors import UserError, first_line
 from ..models import ResNet
 from ..plots import plot_curves
-from ..serving.evaluate import autocast, evaluate
+from ..serving.evaluate import evaluate
 from ..terminal import shown
 from . import checkpoint, finetune
 from .schedule import in_iterations, lr_factor
@@ -132,7 +132,7 @@ def _train(cfg: Config, run_dir: Path, resume: bool) -> dict:
             if cfg.run.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             labels = labels.to(device, non_blocking=True)
-            with autocast(device, bf16):
+            with runtime.autocast(device, bf16):
                 logits = step_model(x).float()
             loss = F.cross_entropy(logits, labels, label_smoothing=cfg.optim.label_smoothing)
             optimizer.zero_grad(set_to_none=True)
