@@ -10,11 +10,12 @@ from PIL import Image
 
 from resnets import create_model, load_model, runtime
 from resnets.cli import main
-from resnets.data import load_digits, normalize
-from resnets.data.folders import decode_rgb, resize_center_crop, scan_folder
+from resnets.data import load_digits, load_folder, normalize
+from resnets.data.decode import decode_rgb, to_channels
+from resnets.data.folders import resize_center_crop, scan_folder
 from resnets.serving.evaluate import evaluate
 from resnets.serving.inference import auto_mode
-from resnets.serving.predict import predict, read_image
+from resnets.serving.predict import predict
 from resnets.training import checkpoint
 from resnets.training.loop import train
 
@@ -167,6 +168,11 @@ def test_bad_files_are_one_line_errors_and_the_rest_is_classified(run, tmp_path,
     assert main(["predict", str(run), str(big)]) == 0
 
 
+def read_image(path, channels: int) -> torch.Tensor:
+    """A file as predict reads it for a network of `channels` channels."""
+    return to_channels(decode_rgb(path), channels)
+
+
 def test_modes_are_converted_not_clipped(tmp_path):
     rng = np.random.default_rng(1)
     rgb = rng.integers(0, 256, (6, 5, 3), dtype=np.uint8)
@@ -190,12 +196,14 @@ def test_modes_are_converted_not_clipped(tmp_path):
 
 
 def test_colour_images_are_preprocessed_as_training_decoded_them(tmp_path):
-    """PIL here, torchvision in training: the same uint8 pixels for PNG, JPEG, BMP, GIF and RGBA files."""
+    """PNG, JPEG, BMP, GIF and RGBA files: predict's uint8 inputs are the very pixels a run on the folder trains on
+    (one decoder, one resize and crop), and its probabilities those of the preprocessed images."""
     root = make_image_folder(tmp_path / "folder", classes=2, per_class=4, size=40, extras=True)
     paths, _, _ = scan_folder(root)
     readable = [p for p in paths if p.name != "corrupt.jpg"]
-    for path in readable:
-        assert torch.equal(read_image(path, 3), decode_rgb(path)), path  # so both go through resize_center_crop alike
+    with pytest.warns(UserWarning, match="skipped 1 unreadable"):
+        trained_on = load_folder(root, image_size=32).images  # data.image_size=32
+    assert torch.equal(torch.stack([resize_center_crop(read_image(p, 3), 32, 32) for p in readable]), trained_on)
     # Colour preprocessing with resize > input size, random weights: every readable file gets a prediction.
     model = create_model("resnet20", num_classes=2).eval()
     pre = {"mean": torch.full((3, 1, 1), 0.5), "std": torch.full((3, 1, 1), 0.25), "input_size": 32, "resize": 36,

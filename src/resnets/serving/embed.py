@@ -13,7 +13,7 @@ import torch
 
 from .. import files
 from ..data import normalize
-from ..data.folders import MAX_PIXELS
+from ..data.decode import MAX_PIXELS
 from ..errors import UserError
 from .predict import read_batches
 

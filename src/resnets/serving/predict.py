@@ -1,27 +1,21 @@
 """Classify image files with a trained network, preprocessed exactly as its training data was.
 
-Each file is decoded by Pillow into the network's channels (1: "L", 3: "RGB"), its shorter side resized to
-preprocessing["resize"], the centre input_size x input_size square taken, and normalised as in training.
+Each file is decoded as training folders decode theirs (data.decode.decode_rgb), brought to the network's channels
+(data.decode.to_channels), its shorter side resized to preprocessing["resize"], the centre input_size x
+input_size square taken, and normalised as in training.
 A file that cannot be read is reported and skipped; the others are still classified.
 """
 
-import contextlib
-import warnings
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
 
 from ..data import normalize
-from ..data.folders import IMAGE_EXTENSIONS, MAX_PIXELS, resize_center_crop, to_mode
-from ..errors import UserError, first_line
+from ..data.decode import MAX_PIXELS, ImageError, decode_rgb, to_channels
+from ..data.folders import IMAGE_EXTENSIONS, resize_center_crop
+from ..errors import UserError
 from .inference import auto_mode, prepare
-
-
-class ImageError(Exception):
-    """One file that cannot be classified: its one-line reason."""
 
 
 def image_files(inputs: Iterable[str | Path]) -> list[Path]:
@@ -37,44 +31,6 @@ def image_files(inputs: Iterable[str | Path]) -> list[Path]:
     if not files:
         raise UserError(f"no image files ({' '.join(sorted(IMAGE_EXTENSIONS))}) in {', '.join(map(str, inputs))}")
     return files
-
-
-@contextlib.contextmanager
-def _pillow():
-    """Pillow with its own pixel limit off (read_image checks the size, with a clearer message) and without its
-    warning about palette images with a transparent colour (whose alpha is dropped anyway)."""
-    before = Image.MAX_IMAGE_PIXELS
-    Image.MAX_IMAGE_PIXELS = None
-    try:
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", "Palette images with Transparency", UserWarning)
-            yield
-    finally:
-        Image.MAX_IMAGE_PIXELS = before
-
-
-def read_image(path: str | Path, channels: int, max_pixels: int = MAX_PIXELS) -> torch.Tensor:
-    """(channels, H, W) uint8 of an image file in any mode Pillow reads; ImageError with the reason if not."""
-    try:
-        with _pillow(), Image.open(path) as image:  # reads the header only
-            width, height = image.size
-            if width * height > max_pixels:  # before a single pixel is decoded
-                raise ImageError(f"{width}x{height} is {width * height:,} pixels, over the limit of {max_pixels:,} "
-                                 "(--max-pixels): refused as a possible decompression bomb")
-            image.load()  # decodes now: a truncated file fails here, not later
-            image = to_mode(image, "L" if channels == 1 else "RGB")
-    except ImageError:
-        raise
-    except FileNotFoundError:
-        raise ImageError("no such file") from None
-    except IsADirectoryError:
-        raise ImageError("is a folder") from None
-    except UnidentifiedImageError:
-        raise ImageError("not an image (or a format Pillow cannot read)") from None
-    except Exception as e:  # truncated or damaged data; whatever a decoder raises, it is this file's problem
-        raise ImageError(f"unreadable image ({first_line(e, 200)})") from None
-    pixels = torch.from_numpy(np.array(image))  # (H, W) or (H, W, 3)
-    return pixels[None] if pixels.ndim == 2 else pixels.permute(2, 0, 1).contiguous()
 
 
 def predict(model, info: dict, paths: list[Path], top_k: int = 5, batch_size: int = 64,
@@ -118,8 +74,8 @@ def read_batches(paths: list[Path], pre: dict, batch_size: int,
         for path in paths[start: start + batch_size]:
             results.append({"path": str(path)})
             try:
-                images.append(resize_center_crop(read_image(path, pre["in_channels"], max_pixels), pre["resize"],
-                                                 pre["input_size"]))
+                image = to_channels(decode_rgb(path, max_pixels), pre["in_channels"])
+                images.append(resize_center_crop(image, pre["resize"], pre["input_size"]))
             except ImageError as e:
                 results[-1]["error"] = str(e)
         yield results, images
