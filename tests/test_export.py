@@ -24,9 +24,9 @@ def run(tmp_path_factory):
 def reference(run):
     """(5 normalised test inputs, the checkpoint's fp32 logits on them, the checkpoint)."""
     ckpt = checkpoint.load(run)
-    model = checkpoint.build_model(ckpt).eval()
-    pre = ckpt["preprocessing"]
-    x = (torch.rand(5, 1, 8, 8, generator=torch.Generator().manual_seed(1)) - pre["mean"]) / pre["std"]
+    model, info = load_model(run)
+    pre = info["preprocessing"]
+    x = (torch.rand(5, 1, 8, 8, generator=torch.Generator().manual_seed(1)) - pre.mean) / pre.std
     with torch.no_grad():
         return x, model(x), ckpt
 
@@ -77,10 +77,9 @@ def test_safetensors_loads_back_to_identical_logits(run, reference, tmp_path, ca
     x, expected, ckpt = reference
     model, info = load_model(out)
     assert not model.training and info["classes"] == ckpt["classes"]
-    for key in ("mean", "std"):
-        assert torch.equal(info["preprocessing"][key], ckpt["preprocessing"][key])
-    assert {k: v for k, v in info["preprocessing"].items() if k not in ("mean", "std")} == {
-        "input_size": 8, "resize": 8, "in_channels": 1}
+    pre = info["preprocessing"]
+    assert torch.equal(pre.mean, ckpt["preprocessing"]["mean"]) and torch.equal(pre.std, ckpt["preprocessing"]["std"])
+    assert (pre.input_size, pre.resize, pre.in_channels) == (8, 8, 1)
     with torch.no_grad():
         assert torch.equal(model(x), expected)
     # A safetensors export is a source like any other, predict and export included.

@@ -139,7 +139,7 @@ def cmd_eval(args) -> None:
     from .data.imagenet import PAPER_SCALES
     from .runtime import pick_device, use_bf16
     from .serving.evaluate import evaluate
-    from .serving.export import load_model
+    from .serving.weights import load_model
 
     protocols = args.protocol.split(",")
     device = distributed.setup(pick_device(args.device))  # under torchrun each process scores its share
@@ -150,22 +150,21 @@ def cmd_eval(args) -> None:
         raise UserError(f"--protocol {args.protocol} needs an image folder; {args.data} is not one")
     # Images of any size, resized then cropped as the protocol says, when the network was trained so (resize >
     # input_size) or another protocol than the centre crop is asked for; else the fixed-size folder path.
-    views = folder and (pre["resize"] != pre["input_size"] or protocols != ["center"])
+    views = folder and (pre.resize != pre.input_size or protocols != ["center"])
     # With --val-split, only the held-out images are decoded (streamed), not the whole training part.
-    data = DataSection(image_size=pre["input_size"] if folder else 0, cache_dir="",
-                       crop=pre["input_size"] if views else 0, resize=pre["resize"] if views else 0,
+    data = DataSection(image_size=pre.input_size if folder else 0, cache_dir="",
+                       crop=pre.input_size if views else 0, resize=pre.resize if views else 0,
                        val_split=args.val_split, split_seed=args.split_seed,
                        loader="stream" if args.val_split and folder else "auto")
     ds = load_eval_set(args.data, data)
-    if ds.image_shape != (pre["in_channels"], pre["input_size"], pre["input_size"]):
-        raise UserError(f"{args.data} holds {ds.image_shape} images but the model takes "
-                        f"{(pre['in_channels'], pre['input_size'], pre['input_size'])}")
+    if ds.image_shape != pre.shape:
+        raise UserError(f"{args.data} holds {ds.image_shape} images but the model takes {pre.shape}")
     ds = match_classes(ds, info["classes"])
     bf16 = use_bf16(args.precision, device)
     model = model.to(memory_format=torch.channels_last)
     for protocol in protocols:
         part = ds.with_protocol(protocol, args.scales or PAPER_SCALES) if views else ds
-        result = evaluate(model, part, pre["mean"].to(device), pre["std"].to(device), device, bf16,
+        result = evaluate(model, part, pre.mean.to(device), pre.std.to(device), device, bf16,
                           batch_size=EVAL_BATCH[protocol], workers=default_workers(data.workers))
         result = {"protocol": protocol, **{k: result[k] for k in ("top1_error", "top5_error", "images", "loss")}}
         if distributed.rank() != 0:
@@ -178,9 +177,10 @@ def cmd_eval(args) -> None:
 
 
 def cmd_predict(args) -> int:
+    from .data.decode import MAX_PIXELS
     from .runtime import pick_device
-    from .serving.export import load_model
-    from .serving.predict import MAX_PIXELS, image_files, predict
+    from .serving.predict import image_files, predict
+    from .serving.weights import load_model
 
     source, inputs = (args.model, [args.checkpoint, *args.inputs]) if args.model else (args.checkpoint, args.inputs)
     if not inputs:
@@ -202,10 +202,11 @@ def cmd_predict(args) -> int:
 
 
 def cmd_embed(args) -> int:
+    from .data.decode import MAX_PIXELS
     from .runtime import pick_device
     from .serving.embed import embed, save_npy
-    from .serving.export import load_model
-    from .serving.predict import MAX_PIXELS, image_files
+    from .serving.predict import image_files
+    from .serving.weights import load_model
 
     model, info = load_model(args.checkpoint, pick_device(args.device))
     results, failed = [], 0

@@ -14,6 +14,7 @@ import torch
 from ..config import load_config
 from ..data import BatchLoader, load_train_val, normalize
 from ..errors import UserError
+from ..serving.weights import load_model
 from ..training import checkpoint
 
 
@@ -64,13 +65,14 @@ def run_responses(run_dir: Path, images: int) -> dict:
     run_dir = Path(run_dir)
     if not (run_dir / "config.toml").is_file():
         raise UserError(f"{run_dir} is not a run directory (no config.toml)")
-    ckpt = checkpoint.load(run_dir)
+    newest = checkpoint.latest(run_dir)  # one file for the weights and their iteration, while a run adds others
+    model, info = load_model(newest)
+    iteration = checkpoint.load(newest)["iteration"]
     cfg = load_config(run_dir / "config.toml")
     _, val = load_train_val(cfg.data)
     val = val.subset(torch.arange(min(images, len(val))))
-    model = checkpoint.build_model(ckpt)
-    stds = layer_responses(model, val, ckpt["preprocessing"]["mean"], ckpt["preprocessing"]["std"])
-    return {"network": cfg.model.name, "run": str(run_dir), "iteration": ckpt["iteration"], "images": len(val),
+    stds = layer_responses(model, val, info["preprocessing"].mean, info["preprocessing"].std)
+    return {"network": cfg.model.name, "run": str(run_dir), "iteration": iteration, "images": len(val),
             "stds": stds}
 
 

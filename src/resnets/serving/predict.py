@@ -1,9 +1,9 @@
 """Classify image files with a trained network, preprocessed exactly as its training data was.
 
-Each file is decoded as training folders decode theirs (data.decode.decode_rgb), brought to the network's channels
-(data.decode.to_channels), its shorter side resized to preprocessing["resize"], the centre input_size x
-input_size square taken, and normalised as in training.
-A file that cannot be read is reported and skipped; the others are still classified.
+Each file is decoded as training folders decode theirs (data.decode.decode_rgb), then brought to the network's
+input by the preprocessing that travels with the weights (serving.preprocessing.Preprocessing): channels,
+shorter side resized, centre crop, normalisation. A file that cannot be read is reported and skipped; the others
+are still classified.
 """
 
 from collections.abc import Iterable, Iterator
@@ -11,11 +11,11 @@ from pathlib import Path
 
 import torch
 
-from ..data import normalize
-from ..data.decode import MAX_PIXELS, ImageError, decode_rgb, to_channels
-from ..data.folders import IMAGE_EXTENSIONS, resize_center_crop
+from ..data.decode import MAX_PIXELS, ImageError, decode_rgb
+from ..data.folders import IMAGE_EXTENSIONS
 from ..errors import UserError
 from .inference import auto_mode, prepare
+from .preprocessing import Preprocessing
 
 
 def image_files(inputs: Iterable[str | Path]) -> list[Path]:
@@ -51,7 +51,7 @@ def predict(model, info: dict, paths: list[Path], top_k: int = 5, batch_size: in
     run = prepare(model, mode)
     for results, images in read_batches(paths, pre, batch_size, max_pixels):
         if images:
-            x = normalize(torch.stack(images).to(device), pre["mean"], pre["std"])  # (B, C, S, S) float32
+            x = pre.normalize(torch.stack(images).to(device))  # (B, C, S, S) float32
             n = len(x)
             if mode == "compiled" and n < batch_size:  # one input shape, one compilation: pad the last batch
                 x = torch.cat([x, x[:1].expand(batch_size - n, *x.shape[1:])])
@@ -64,18 +64,17 @@ def predict(model, info: dict, paths: list[Path], top_k: int = 5, batch_size: in
         yield from results
 
 
-def read_batches(paths: list[Path], pre: dict, batch_size: int,
+def read_batches(paths: list[Path], pre: Preprocessing, batch_size: int,
                  max_pixels: int = MAX_PIXELS) -> Iterator[tuple[list[dict], list[torch.Tensor]]]:
     """`batch_size` files at a time: a result per file, {"path"} or {"path", "error"} if it cannot be read, and
-    the uint8 (C, S, S) images of those read, preprocessed as in training up to the normalisation (resize to
-    pre["resize"], centre input_size crop). The one reader of predict and embed."""
+    the uint8 (C, S, S) images of those read, preprocessed up to the normalisation (pre.crop). The one reader of
+    predict and embed."""
     for start in range(0, len(paths), batch_size):
         results, images = [], []
         for path in paths[start: start + batch_size]:
             results.append({"path": str(path)})
             try:
-                image = to_channels(decode_rgb(path, max_pixels), pre["in_channels"])
-                images.append(resize_center_crop(image, pre["resize"], pre["input_size"]))
+                images.append(pre.crop(decode_rgb(path, max_pixels)))
             except ImageError as e:
                 results[-1]["error"] = str(e)
         yield results, images

@@ -11,7 +11,6 @@ import torch
 
 from .. import files
 from ..errors import EnvironmentFailure, UserError, first_line
-from ..models import ResNet, ResNetConfig
 
 FORMAT = "resnets-checkpoint-1"
 NAME = re.compile(r"iter-(\d+)\.pt")
@@ -95,9 +94,3 @@ def latest(run_dir: Path) -> Path:
         raise UserError(f"no checkpoint in {run_dir}")
     return found[-1]
 
-
-def build_model(ckpt: dict) -> ResNet:
-    """The network a checkpoint describes, with its weights; no flags needed."""
-    model = ResNet(ResNetConfig(**ckpt["model_config"]))
-    model.load_state_dict(ckpt["model"])
-    return model

@@ -32,6 +32,7 @@ from ..errors import UserError, first_line
 from ..models import ResNet
 from ..plots import plot_curves
 from ..serving.evaluate import evaluate
+from ..serving.preprocessing import Preprocessing
 from ..terminal import shown
 from . import checkpoint, finetune
 from .schedule import in_iterations, lr_factor
@@ -94,9 +95,9 @@ def _train(cfg: Config, run_dir: Path, resume: bool) -> dict:
         mean, std = stats if stats is not None else _normalization(train_set, cfg.data.normalize, workers)
         # Everything predict/export need to feed the network a new image: shorter side resized to `resize`,
         # centre crop of `input_size`, channels, then (x / 255 - mean) / std.
-        preprocessing = {"mean": mean, "std": std, "input_size": size,
-                         "resize": (cfg.data.resize or size) if cfg.data.crop else size, "in_channels": in_channels}
-    mean, std = preprocessing["mean"].to(device), preprocessing["std"].to(device)
+        preprocessing = Preprocessing(mean, std, input_size=size,
+                                      resize=(cfg.data.resize or size) if cfg.data.crop else size, in_channels=in_channels)
+    mean, std = preprocessing.mean.to(device), preprocessing.std.to(device)
     machine = (f"{runtime.describe(device)}: {'bf16 autocast' if bf16 else 'fp32'} "
                f"({runtime.precision_reason(cfg.run.precision, device)}), {'channels_last' if cfg.run.channels_last else 'NCHW'}"
                f", {torch.get_num_threads() if device.type == 'cpu' else 1} thread(s) x {world} process(es)")
@@ -286,7 +287,7 @@ def _save(run_dir, cfg, model, optimizer, scheduler, history, classes, preproces
     state = {
         "format": checkpoint.FORMAT, "iteration": iteration, "config": cfg.to_dict(), "world_size": world,
         "model_config": model.config.to_dict(), "model": model.state_dict(), "classes": list(classes),
-        "preprocessing": preprocessing, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+        "preprocessing": preprocessing.to_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
         "rng": torch.get_rng_state(), "history": history,
         # Dropout and stochastic depth draw from the device's generator too.
         "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
@@ -303,7 +304,7 @@ def _normalization(train_set, mode: str, workers: int) -> tuple[torch.Tensor, to
     return distributed.broadcast_object(stats)
 
 
-def _restore(run_dir, cfg, model, optimizer, scheduler, world) -> tuple[int, list[dict], dict | None]:
+def _restore(run_dir, cfg, model, optimizer, scheduler, world) -> tuple[int, list[dict], Preprocessing | None]:
     """Load the newest usable checkpoint into the live objects, falling back past damaged or foreign ones;
     returns its (iteration, history, preprocessing)."""
     _check_same_config(run_dir, cfg)
@@ -324,7 +325,8 @@ def _restore(run_dir, cfg, model, optimizer, scheduler, world) -> tuple[int, lis
         raise UserError(f"no usable checkpoint in {run_dir}; the newest: {problems[0]}")
     if distributed.rank() == 0:
         print(f"resuming {run_dir} from iteration {iteration} ({path.name})")
-    return iteration, history, state.get("preprocessing")  # the mean and std it was trained with, not a new estimate
+    stored = state.get("preprocessing")  # the mean and std it was trained with, not a new estimate
+    return iteration, history, Preprocessing.from_dict(stored) if stored else None
 
 
 def _check_same_config(run_dir: Path, cfg: Config) -> None:
