@@ -14,8 +14,6 @@ from .errors import UserError
 from .terminal import plain, shown
 
 DEFAULT_RECIPE = "digits/resnet20"  # the embedded default: trains anywhere, no download
-# Images per evaluation batch: ten crops make ten network inputs per image, multi-scale testing runs one at a time.
-EVAL_BATCH = {"center": 500, "10crop": 50, "multiscale": 8}
 
 
 def cmd_summary(args) -> None:
@@ -134,45 +132,18 @@ def _split_overrides(items: list[str]):
 
 def cmd_eval(args) -> None:
     from . import distributed
-    from .config import DataSection
-    from .data import default_workers, load_eval_set, match_classes
-    from .data.imagenet import PAPER_SCALES
-    from .runtime import pick_device, use_bf16
-    from .serving.evaluate import evaluate
-    from .serving.weights import load_model
+    from .serving.evaluate import evaluate_checkpoint
 
-    protocols = args.protocol.split(",")
-    device = distributed.setup(pick_device(args.device))  # under torchrun each process scores its share
-    model, info = load_model(args.checkpoint, device)
-    pre = info["preprocessing"]
-    folder = Path(args.data).is_dir()
-    if protocols != ["center"] and not folder:
-        raise UserError(f"--protocol {args.protocol} needs an image folder; {args.data} is not one")
-    # Images of any size, resized then cropped as the protocol says, when the network was trained so (resize >
-    # input_size) or another protocol than the centre crop is asked for; else the fixed-size folder path.
-    views = folder and (pre.resize != pre.input_size or protocols != ["center"])
-    # With --val-split, only the held-out images are decoded (streamed), not the whole training part.
-    data = DataSection(image_size=pre.input_size if folder else 0, cache_dir="",
-                       crop=pre.input_size if views else 0, resize=pre.resize if views else 0,
-                       val_split=args.val_split, split_seed=args.split_seed,
-                       loader="stream" if args.val_split and folder else "auto")
-    ds = load_eval_set(args.data, data)
-    if ds.image_shape != pre.shape:
-        raise UserError(f"{args.data} holds {ds.image_shape} images but the model takes {pre.shape}")
-    ds = match_classes(ds, info["classes"])
-    bf16 = use_bf16(args.precision, device)
-    model = model.to(memory_format=torch.channels_last)
-    for protocol in protocols:
-        part = ds.with_protocol(protocol, args.scales or PAPER_SCALES) if views else ds
-        result = evaluate(model, part, pre.mean.to(device), pre.std.to(device), device, bf16,
-                          batch_size=EVAL_BATCH[protocol], workers=default_workers(data.workers))
-        result = {"protocol": protocol, **{k: result[k] for k in ("top1_error", "top5_error", "images", "loss")}}
-        if distributed.rank() != 0:
-            continue
+    results = evaluate_checkpoint(args.checkpoint, args.data, args.protocol.split(","), device=args.device,
+                                  precision=args.precision, val_split=args.val_split, split_seed=args.split_seed,
+                                  scales=args.scales)
+    if distributed.rank() != 0:  # under torchrun every process has the results; one prints them
+        return
+    for result in results:
         if args.json:
             print(json.dumps(result))
         else:
-            print(f"{result['images']} images, {protocol}: top-1 error {result['top1_error']:.2%}, "
+            print(f"{result['images']} images, {result['protocol']}: top-1 error {result['top1_error']:.2%}, "
                   f"top-5 error {result['top5_error']:.2%}, loss {result['loss']:.4f}")
 
 
