@@ -99,15 +99,13 @@ def cmd_experiment(args) -> None:
 
 
 def cmd_responses(args) -> None:
-    from . import files
+    from .paper import outputs
     from .paper.responses import markdown, run_responses
     from .plots import plot_responses
 
     results = [run_responses(run_dir, args.images) for run_dir in args.runs]
     out = Path(args.out)
-    files.write_text(out / "responses.md", markdown(results))
-    files.write_text(out / "responses.json", json.dumps(results, indent=1) + "\n")
-    plot_responses(results, out / "responses.png")
+    outputs.write(out, "responses", markdown(results), results, lambda path: plot_responses(results, path))
     print(markdown(results), end="")
     print(f"wrote {out / 'responses'}.md, .json and .png")
 
