@@ -26,7 +26,7 @@ import torch
 from PIL import Image
 
 from resnets.data import BatchLoader, ImageNetFolder
-from resnets.data.folders import decode_rgb
+from resnets.data.decode import decode_rgb
 
 BATCH = 32
 

@@ -121,13 +121,12 @@ def resnet50_pair(bn_images: torch.Tensor) -> tuple[torch.nn.Module, resnets.Res
 def resnet20(path: str | None, train_ds) -> tuple[resnets.ResNet, torch.Tensor, torch.Tensor, str]:
     """(model, mean, std, description): a checkpoint's, or random weights with per-channel statistics."""
     if path:
-        ckpt = load_checkpoint(path)
         model, info = resnets.load_model(path)
-        pre = info["preprocessing"]
+        ckpt = load_checkpoint(path)  # its iteration and evaluations, for the description
         last = ckpt["history"][-1] if ckpt.get("history") else {}
         val = f", its own held-out top-1 error {last['val_top1_error']:.2%}" if "val_top1_error" in last else ""
-        return (model.eval(), pre["mean"], pre["std"],
-                f"checkpoint {path} (iteration {ckpt['iteration']}{val})")
+        pre = info["preprocessing"]
+        return model, pre.mean, pre.std, f"checkpoint {path} (iteration {ckpt['iteration']}{val})"
     torch.manual_seed(0)
     mean, std = normalization_stats(train_ds, "channel")
     return resnets.create_model("resnet20").eval(), mean, std, "random weights (no --resnet20-checkpoint)"

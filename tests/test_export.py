@@ -79,10 +79,9 @@ def test_safetensors_loads_back_to_identical_logits(run, reference, tmp_path, ca
     x, expected, ckpt = reference
     model, info = load_model(out)
     assert not model.training and info["classes"] == ckpt["classes"]
-    for key in ("mean", "std"):
-        assert torch.equal(info["preprocessing"][key], ckpt["preprocessing"][key])
-    assert {k: v for k, v in info["preprocessing"].items() if k not in ("mean", "std")} == {
-        "input_size": 8, "resize": 8, "in_channels": 1}
+    pre = info["preprocessing"]
+    assert torch.equal(pre.mean, ckpt["preprocessing"]["mean"]) and torch.equal(pre.std, ckpt["preprocessing"]["std"])
+    assert (pre.input_size, pre.resize, pre.in_channels) == (8, 8, 1)
     with torch.no_grad():
         assert torch.equal(model(x), expected)
     # A safetensors export is a source like any other, predict and export included.

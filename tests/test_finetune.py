@@ -14,7 +14,7 @@ import torchvision
 from resnets import create_model, load_model
 from resnets.cli import main
 from resnets.config import load_config
-from resnets.data import load_folder, normalize
+from resnets.data import load_folder
 from resnets.errors import UserError
 from resnets.serving.export import export
 from resnets.training import finetune
@@ -117,7 +117,7 @@ def test_a_safetensors_export_a_checkpoint_and_a_run_directory_give_the_same_ini
     inits = [finetune.read(str(p)) for p in (tmp_path / "source.safetensors", RunDir(source).latest(), source)]
     for other in inits[1:]:
         assert other.classes == inits[0].classes and other.config == inits[0].config
-        assert torch.equal(other.preprocessing["mean"], inits[0].preprocessing["mean"])
+        assert other.preprocessing == inits[0].preprocessing
         assert other.state.keys() == inits[0].state.keys()
         assert all(torch.equal(other.state[k], inits[0].state[k]) for k in other.state)
 
@@ -241,7 +241,7 @@ def test_embed_gives_the_pooled_features_of_forward_features(tmp_path, source, c
     from resnets.serving.predict import read_batches
 
     (_, decoded), = read_batches([Path(lines[i]["path"]) for i in readable], info["preprocessing"], 64)
-    x = normalize(torch.stack(decoded), info["preprocessing"]["mean"], info["preprocessing"]["std"])
+    x = info["preprocessing"].normalize(torch.stack(decoded))
     with torch.no_grad():
         expected = model.avgpool(model.forward_features(x)).flatten(1)
     torch.testing.assert_close(torch.from_numpy(features[readable]), expected, rtol=1e-5, atol=1e-6)
@@ -283,4 +283,4 @@ def test_shipped_weights_start_a_finetuning_run(tmp_path, data, one_thread):
     for key, value in shipped.state_dict().items():
         if not key.startswith("fc."):
             assert torch.equal(ckpt["model"][key], value), key
-    assert torch.equal(ckpt["preprocessing"]["mean"], info["preprocessing"]["mean"])
+    assert torch.equal(ckpt["preprocessing"]["mean"], info["preprocessing"].mean)

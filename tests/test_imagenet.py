@@ -13,7 +13,7 @@ from resnets import create_model
 from resnets.cli import main
 from resnets.config import ScheduleSection, load_config
 from resnets.data import ArrayDataset, BatchLoader, ImageNetFolder, normalize
-from resnets.data.folders import decode_rgb
+from resnets.data.decode import ImageError, decode_rgb
 from resnets.data.imagenet import EIGVAL, EIGVEC, lighting, scale_crop_flip
 from resnets.errors import UserError
 from resnets.serving.evaluate import evaluate, image_scores
@@ -114,7 +114,7 @@ def test_every_image_mode_decodes_to_rgb(imagenet):
         assert image.dtype == torch.uint8 and image.shape[0] == 3 and image.shape[1] >= 36
     sixteen = decoded["train_0_4.png"]  # 16-bit grey, ~60 * 257: scaled to 8 bits, not clipped to white
     assert 40 < sixteen.float().mean() < 80 and torch.equal(sixteen[0], sixteen[2])
-    with pytest.raises(OSError, match="[Tt]runcated"):  # torchvision refuses it, and so does PIL, the fallback
+    with pytest.raises(ImageError, match="[Tt]runcated"):  # torchvision refuses it, and so does PIL, the fallback
         decode_rgb(imagenet / "train" / "n00000000" / "corrupt.JPEG")
 
 

@@ -8,12 +8,10 @@ import pytest
 import torch
 from torch import nn
 
-from resnets import UserError, create_model
-from resnets.data import load_digits, normalize
-from resnets.models import ResNet, ResNetConfig
+from resnets import UserError, create_model, load_model
+from resnets.data import load_digits
 from resnets.serving.inference import MODES, fold_batchnorm, prepare, quantize_int8
 from resnets.training.loop import train
-from resnets.training.run import load_checkpoint
 
 from .test_train import tiny
 
@@ -24,13 +22,10 @@ def digits(tmp_path_factory):
     run = tmp_path_factory.mktemp("digits") / "run"
     # 60 steps: about 95% test accuracy, enough for predictions with real margins (24 steps leave ~70%).
     train(tiny(**{"schedule.iterations": 60, "schedule.milestones": [40], "run.eval_every": 60}), run)
-    ckpt = load_checkpoint(run)
-    pre = ckpt["preprocessing"]
+    model, info = load_model(run)
+    pre = info["preprocessing"]
     train_set, test_set = load_digits()
-    model = ResNet(ResNetConfig(**ckpt["model_config"])).eval()  # built here, not by the loader under test
-    model.load_state_dict(ckpt["model"])
-    return (model, normalize(test_set.images, pre["mean"], pre["std"]), test_set.labels,
-            normalize(train_set.images, pre["mean"], pre["std"]))
+    return model, pre.normalize(test_set.images), test_set.labels, pre.normalize(train_set.images)
 
 
 @pytest.fixture(scope="module")

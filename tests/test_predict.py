@@ -10,11 +10,13 @@ from PIL import Image
 
 from resnets import create_model, load_model, runtime
 from resnets.cli import main
-from resnets.data import load_digits, normalize
-from resnets.data.folders import decode_rgb, resize_center_crop, scan_folder
+from resnets.data import load_digits, load_folder
+from resnets.data.decode import decode_rgb, to_channels
+from resnets.data.folders import resize_center_crop, scan_folder
 from resnets.serving.evaluate import evaluate
 from resnets.serving.inference import auto_mode
-from resnets.serving.predict import predict, read_image
+from resnets.serving.predict import predict
+from resnets.serving.preprocessing import Preprocessing
 from resnets.training.loop import train
 from resnets.training.run import FORMAT, load_checkpoint
 
@@ -64,18 +66,18 @@ def test_predictions_are_the_evaluation_paths(run, digits, capsys):
     paths, ds = digits
     model, info = load_model(run)
     pre = info["preprocessing"]
-    assert pre["mean"].shape == (1, 8, 8) and pre["resize"] == 8  # the paper's per-pixel mean, as trained
+    assert pre.mean.shape == (1, 8, 8) and pre.resize == 8  # the paper's per-pixel mean, as trained
     capsys.readouterr()
     assert main(["predict", str(run), str(paths[0].parent), "--json", "--top-k", "10", "--batch-size", "16",
                  "--mode", "fp32"]) == 0
     lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert [r["path"] for r in lines] == [str(p) for p in paths]
     with torch.no_grad():
-        direct = model(normalize(ds.images, pre["mean"], pre["std"])).softmax(1)
+        direct = model(pre.normalize(ds.images)).softmax(1)
     got = torch.tensor([[t["probability"] for t in sorted(r["top"], key=lambda t: int(t["class"]))] for r in lines])
     torch.testing.assert_close(got, direct, rtol=0, atol=1e-5)
     top1 = torch.tensor([int(r["top"][0]["class"]) for r in lines])
-    assert (top1 != ds.labels).float().mean().item() == pytest.approx(evaluate(model, ds, pre["mean"], pre["std"],
+    assert (top1 != ds.labels).float().mean().item() == pytest.approx(evaluate(model, ds, pre.mean, pre.std,
                                                                                torch.device("cpu"))["top1_error"])
     # The table: one line per image, best class first.
     capsys.readouterr()
@@ -167,6 +169,11 @@ def test_bad_files_are_one_line_errors_and_the_rest_is_classified(run, tmp_path,
     assert main(["predict", str(run), str(big)]) == 0
 
 
+def read_image(path, channels: int) -> torch.Tensor:
+    """A file as predict reads it for a network of `channels` channels."""
+    return to_channels(decode_rgb(path), channels)
+
+
 def test_modes_are_converted_not_clipped(tmp_path):
     rng = np.random.default_rng(1)
     rgb = rng.integers(0, 256, (6, 5, 3), dtype=np.uint8)
@@ -190,21 +197,24 @@ def test_modes_are_converted_not_clipped(tmp_path):
 
 
 def test_colour_images_are_preprocessed_as_training_decoded_them(tmp_path):
-    """PIL here, torchvision in training: the same uint8 pixels for PNG, JPEG, BMP, GIF and RGBA files."""
+    """PNG, JPEG, BMP, GIF and RGBA files: predict's uint8 inputs are the very pixels a run on the folder trains on
+    (one decoder, one resize and crop), and its probabilities those of the preprocessed images."""
     root = make_image_folder(tmp_path / "folder", classes=2, per_class=4, size=40, extras=True)
     paths, _, _ = scan_folder(root)
     readable = [p for p in paths if p.name != "corrupt.jpg"]
-    for path in readable:
-        assert torch.equal(read_image(path, 3), decode_rgb(path)), path  # so both go through resize_center_crop alike
+    mean, std = torch.full((3, 1, 1), 0.5), torch.full((3, 1, 1), 0.25)
+    with pytest.warns(UserWarning, match="skipped 1 unreadable"):
+        trained_on = load_folder(root, image_size=32).images  # data.image_size=32
+    fixed = Preprocessing(mean, std, input_size=32, resize=32, in_channels=3)  # what such a run records
+    assert torch.equal(torch.stack([fixed.crop(decode_rgb(p)) for p in readable]), trained_on)
     # Colour preprocessing with resize > input size, random weights: every readable file gets a prediction.
     model = create_model("resnet20", num_classes=2).eval()
-    pre = {"mean": torch.full((3, 1, 1), 0.5), "std": torch.full((3, 1, 1), 0.25), "input_size": 32, "resize": 36,
-           "in_channels": 3}
+    pre = Preprocessing(mean, std, input_size=32, resize=36, in_channels=3)
     results = list(predict(model, {"classes": ["a", "b"], "preprocessing": pre}, paths, top_k=1, batch_size=4,
                            mode="fp32"))
     assert [r["path"] for r in results if "top" in r] == [str(p) for p in readable]
     with torch.no_grad():
-        x = normalize(torch.stack([resize_center_crop(read_image(p, 3), 36, 32) for p in readable]), pre["mean"], pre["std"])
+        x = torch.stack([pre(decode_rgb(p)) for p in readable])
         best = model(x).softmax(1).max(1).values
     torch.testing.assert_close(torch.tensor([r["top"][0]["probability"] for r in results if "top" in r]), best)
 

@@ -29,9 +29,8 @@ from resnets import files
 from resnets.cli import main
 from resnets.config import load_config
 from resnets.data import FolderDataset, load_train_val
-from resnets.data.folders import decode_rgb
+from resnets.data.decode import ImageError, decode_rgb, to_channels
 from resnets.errors import UserError
-from resnets.serving.predict import read_image
 from resnets.training.loop import train
 from resnets.training.run import RunDir, load_checkpoint
 
@@ -471,13 +470,14 @@ def test_bad_data_is_converted_skipped_or_refused_before_training(tmp_path, caps
     assert not (tmp_path / "run2").exists()
 
 
-def test_16_bit_images_are_scaled_as_predict_scales_them(tmp_path):
+def test_16_bit_images_are_scaled_not_clipped_whichever_library_decodes_them(tmp_path):
     values = np.array([[0, 257, 32768, 65535]], dtype=np.uint16)
     for name in ("g16.png", "g16.tif"):  # torchvision decodes the PNG, Pillow the TIFF
         Image.fromarray(values).save(tmp_path / name)
         decoded = decode_rgb(tmp_path / name)
-        assert decoded.dtype == torch.uint8 and decoded[0, 0].tolist() == [0, 1, 128, 255]
-        assert torch.equal(decoded, read_image(tmp_path / name, 3))
+        assert decoded.dtype == torch.uint8 and decoded.shape == (3, 1, 4)
+        assert decoded[0, 0].tolist() == [0, 1, 128, 255] and torch.equal(decoded[0], decoded[2])
+        assert to_channels(decoded, 1)[0, 0].tolist() == [0, 1, 128, 255]  # a grey network's input
 
 
 # ----------------------------------------------------------------------------------- 6. untrusted files
@@ -553,7 +553,8 @@ def test_a_decompression_bomb_in_a_training_folder_is_skipped_before_it_is_decod
     bomb = tmp_path / "a" / "bomb.png"
     Image.new("1", (8000, 8000)).save(bomb)
     assert bomb.stat().st_size < 100_000
-    with pytest.raises(ValueError, match="8000x8000 pixels, over 50,000,000: refused as a possible decompression"):
+    with pytest.raises(ImageError, match="8000x8000 is 64,000,000 pixels, over the limit of 50,000,000 .*: refused "
+                                         "as a possible decompression bomb"):
         decode_rgb(bomb)
     with pytest.warns(UserWarning, match=f"skipped 1 unreadable image\\(s\\): {re.escape(str(bomb))}"):
         assert len(load_folder(tmp_path, image_size=8)) == 2

@@ -2,7 +2,7 @@
 
 from .errors import UserError
 from .models import ResNet, ResNetConfig, create_model, from_torchvision, list_models, model_config
-from .serving.export import load_model
+from .serving.weights import load_model
 
 __version__ = "0.1.0"
 __all__ = [

@@ -14,8 +14,6 @@ from .errors import UserError
 from .terminal import plain, shown
 
 DEFAULT_RECIPE = "digits/resnet20"  # the embedded default: trains anywhere, no download
-# Images per evaluation batch: ten crops make ten network inputs per image, multi-scale testing runs one at a time.
-EVAL_BATCH = {"center": 500, "10crop": 50, "multiscale": 8}
 
 
 def cmd_summary(args) -> None:
@@ -92,15 +90,13 @@ def cmd_experiment(args) -> None:
 
 
 def cmd_responses(args) -> None:
-    from . import files
+    from .paper import outputs
     from .paper.responses import markdown, run_responses
     from .plots import plot_responses
 
     results = [run_responses(run_dir, args.images) for run_dir in args.runs]
     out = Path(args.out)
-    files.write_text(out / "responses.md", markdown(results))
-    files.write_text(out / "responses.json", json.dumps(results, indent=1) + "\n")
-    plot_responses(results, out / "responses.png")
+    outputs.write(out, "responses", markdown(results), results, lambda path: plot_responses(results, path))
     print(markdown(results), end="")
     print(f"wrote {out / 'responses'}.md, .json and .png")
 
@@ -126,53 +122,26 @@ def _split_overrides(items: list[str]):
 
 def cmd_eval(args) -> None:
     from . import distributed
-    from .config import DataSection
-    from .data import default_workers, load_eval_set, match_classes
-    from .data.imagenet import PAPER_SCALES
-    from .runtime import pick_device, use_bf16
-    from .serving.evaluate import evaluate
-    from .serving.export import load_model
+    from .serving.evaluate import evaluate_checkpoint
 
-    protocols = args.protocol.split(",")
-    device = distributed.setup(pick_device(args.device))  # under torchrun each process scores its share
-    model, info = load_model(args.checkpoint, device)
-    pre = info["preprocessing"]
-    folder = Path(args.data).is_dir()
-    if protocols != ["center"] and not folder:
-        raise UserError(f"--protocol {args.protocol} needs an image folder; {args.data} is not one")
-    # Images of any size, resized then cropped as the protocol says, when the network was trained so (resize >
-    # input_size) or another protocol than the centre crop is asked for; else the fixed-size folder path.
-    views = folder and (pre["resize"] != pre["input_size"] or protocols != ["center"])
-    # With --val-split, only the held-out images are decoded (streamed), not the whole training part.
-    data = DataSection(image_size=pre["input_size"] if folder else 0, cache_dir="",
-                       crop=pre["input_size"] if views else 0, resize=pre["resize"] if views else 0,
-                       val_split=args.val_split, split_seed=args.split_seed,
-                       loader="stream" if args.val_split and folder else "auto")
-    ds = load_eval_set(args.data, data)
-    if ds.image_shape != (pre["in_channels"], pre["input_size"], pre["input_size"]):
-        raise UserError(f"{args.data} holds {ds.image_shape} images but the model takes "
-                        f"{(pre['in_channels'], pre['input_size'], pre['input_size'])}")
-    ds = match_classes(ds, info["classes"])
-    bf16 = use_bf16(args.precision, device)
-    model = model.to(memory_format=torch.channels_last)
-    for protocol in protocols:
-        part = ds.with_protocol(protocol, args.scales or PAPER_SCALES) if views else ds
-        result = evaluate(model, part, pre["mean"].to(device), pre["std"].to(device), device, bf16,
-                          batch_size=EVAL_BATCH[protocol], workers=default_workers(data.workers))
-        result = {"protocol": protocol, **{k: result[k] for k in ("top1_error", "top5_error", "images", "loss")}}
-        if distributed.rank() != 0:
-            continue
+    results = evaluate_checkpoint(args.checkpoint, args.data, args.protocol.split(","), device=args.device,
+                                  precision=args.precision, val_split=args.val_split, split_seed=args.split_seed,
+                                  scales=args.scales)
+    if distributed.rank() != 0:  # under torchrun every process has the results; one prints them
+        return
+    for result in results:
         if args.json:
             print(json.dumps(result))
         else:
-            print(f"{result['images']} images, {protocol}: top-1 error {result['top1_error']:.2%}, "
+            print(f"{result['images']} images, {result['protocol']}: top-1 error {result['top1_error']:.2%}, "
                   f"top-5 error {result['top5_error']:.2%}, loss {result['loss']:.4f}")
 
 
 def cmd_predict(args) -> int:
+    from .data.decode import MAX_PIXELS
     from .runtime import pick_device
-    from .serving.export import load_model
-    from .serving.predict import MAX_PIXELS, image_files, predict
+    from .serving.predict import image_files, predict
+    from .serving.weights import load_model
 
     source, inputs = (args.model, [args.checkpoint, *args.inputs]) if args.model else (args.checkpoint, args.inputs)
     if not inputs:
@@ -194,10 +163,11 @@ def cmd_predict(args) -> int:
 
 
 def cmd_embed(args) -> int:
+    from .data.decode import MAX_PIXELS
     from .runtime import pick_device
     from .serving.embed import embed, save_npy
-    from .serving.export import load_model
-    from .serving.predict import MAX_PIXELS, image_files
+    from .serving.predict import image_files
+    from .serving.weights import load_model
 
     model, info = load_model(args.checkpoint, pick_device(args.device))
     results, failed = [], 0

@@ -1,11 +1,13 @@
-"""What this machine is and what it does fast: the device and precision every job picks, and the one line that
-says so in the training log, a run's record of its legs and benchmark tables.
+"""What this machine is and what it does fast: the device and precision every job picks (train, eval and predict
+alike), the autocast that precision means, and the one line that says so in the training log, a run's record of
+its legs and benchmark tables.
 
 Speed depends on the CPU's vector units far more than on its name: native bf16 (AMX tiles on Intel Xeons,
 AVX512-BF16 on AMD Zen 4 and some Xeons) against AVX2-only CPUs such as AMD Zen 3. Every speed figure we
 write names these flags.
 """
 
+import contextlib
 import os
 import platform
 from functools import cache
@@ -80,3 +82,8 @@ def use_bf16(precision: str, device: torch.device) -> bool:
     if device.type == "cuda":
         return torch.cuda.is_bf16_supported()
     return native_bf16_cpu()
+
+
+def autocast(device: torch.device, bf16: bool):
+    """bf16 autocast on `device` (use_bf16's choice), or nothing."""
+    return torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()

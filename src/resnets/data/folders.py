@@ -9,40 +9,17 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
-from torchvision.io import ImageReadMode, decode_image, read_file
 from torchvision.transforms.v2 import functional as TF
 from tqdm import tqdm
 
 from .. import files
 from ..errors import UserError
 from .arrays import ArrayDataset
+from .decode import ImageError, decode_rgb
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
-SIXTEEN_BIT = ("I;16", "I;16L", "I;16B", "I;16N")
-# Images with more pixels are refused as possible decompression bombs (a 100-byte PNG can claim 10^10 pixels,
-# 10 GB once decoded). 50 MP admits photos of all but medium-format cameras; Pillow's own default is 89 MP.
-MAX_PIXELS = 50_000_000
-
-
-def to_mode(image: Image.Image, mode: str) -> Image.Image:
-    """`image` as 8-bit "L" or "RGB" (predict reads every file this way, training the files torchvision cannot).
-
-    Alpha is dropped, not composited: torchvision's decoder (ImageReadMode.RGB) drops it too, so a transparent
-    PNG is seen in predict as the network saw such files in training. 16-bit (and 32-bit integer) grey is
-    scaled to 0..255 (Pillow's own convert("L") clips everything above 255 to white). Palette, 1-bit, CMYK and
-    YCbCr go through Pillow's conversions; RGB -> L is Pillow's ITU-R 601 luma.
-    """
-    if image.mode in SIXTEEN_BIT or image.mode in ("I", "F"):
-        values = np.asarray(image, dtype=np.float32)  # exact up to 2^24
-        # "I" also holds 8-bit data (e.g. converted from L); only values above 255 mean a 16-bit range.
-        top = 65535 if image.mode in SIXTEEN_BIT or values.max() > 255 else 255
-        image = Image.fromarray(np.rint(values.clip(0, top) * (255 / top)).astype(np.uint8))
-    elif image.mode not in ("L", "RGB"):
-        image = image.convert("L" if image.mode in ("1", "LA", "La") else "RGB")
-    return image.convert(mode)
 
 
 def scan_folder(root: str | Path) -> tuple[list[Path], list[int], list[str]]:
@@ -73,36 +50,6 @@ def scan_folder(root: str | Path) -> tuple[list[Path], list[int], list[str]]:
     return paths, labels, classes
 
 
-def decode_rgb(path) -> torch.Tensor:
-    """(3, H, W) uint8 RGB of any image file torchvision or PIL reads (grey, CMYK, RGBA, palette, 16-bit); raises if
-    it cannot be read or has more than MAX_PIXELS pixels."""
-    _refuse_bombs(path)
-    try:
-        image = decode_image(read_file(str(path)), mode=ImageReadMode.RGB)
-    except RuntimeError:
-        # torchvision reads JPEG, PNG, GIF and WebP; PIL covers the rest (BMP, TIFF) and is the second opinion.
-        with Image.open(path) as image:
-            return torch.from_numpy(np.array(to_mode(image, "RGB"))).permute(2, 0, 1).contiguous()
-    if image.dtype == torch.uint16:  # a 16-bit PNG: to 0..255 as to_mode scales it, not a uint16 among uint8s
-        image = (image.float() * (255 / 65535)).round().to(torch.uint8)
-    return image
-
-
-def _refuse_bombs(path: Path) -> None:
-    # torchvision allocates the claimed size before decoding a pixel, so Pillow reads the header first: well under
-    # a tenth of a millisecond, a few percent of decoding a 500x375 JPEG. A format Pillow does not know is left
-    # to torchvision.
-    try:
-        with warnings.catch_warnings():  # Pillow's own bomb warning: the error below says it once, with the path
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(path) as image:
-                width, height = image.size
-    except UnidentifiedImageError:
-        return
-    if width * height > MAX_PIXELS:
-        raise ValueError(f"{width}x{height} pixels, over {MAX_PIXELS:,}: refused as a possible decompression bomb")
-
-
 def resize_center_crop(image: torch.Tensor, resize: int, size: int) -> torch.Tensor:
     """Shorter side resized to `resize`, then the centre `size` x `size` square: how every image of any size is
     brought to the network's input (fixed-size folders with resize = size; ImageNet's 256 then 224)."""
@@ -128,7 +75,7 @@ def _decode_all(
     for path, label in bar:
         try:
             image = decode_rgb(path)
-        except Exception:  # any failure to decode one file means that file is unreadable, not that we stop
+        except ImageError:  # this file is unreadable; the others are still used
             skipped.append(str(path))
             continue
         if image_size:
@@ -234,7 +181,7 @@ class StreamedFolder(torch.utils.data.Dataset):
             path = os.fsdecode(self.paths[i])
             try:
                 return decode_rgb(path), int(self.labels[i]), "\n".join(skipped)
-            except Exception:  # whatever the reason, this file cannot be used: the next one stands in
+            except ImageError:  # this file cannot be used: the next one stands in
                 skipped.append(path)
         raise UserError(f"none of the image files under {self.root} could be read")
 

@@ -14,7 +14,8 @@ from torchvision.transforms.v2 import functional as TF
 
 from ..errors import UserError
 from .arrays import ArrayDataset
-from .folders import StreamedFolder, decode_rgb, resize_center_crop
+from .decode import ImageError, decode_rgb
+from .folders import StreamedFolder, resize_center_crop
 
 # Krizhevsky et al. 2012 (Sec. 4.1): PCA of ImageNet's RGB pixel values (in [0, 1]); the constants of
 # fb.resnet.torch's Lighting transform, which the authors' released models were trained with.
@@ -76,7 +77,7 @@ class ImageNetFolder(StreamedFolder):
         path = os.fsdecode(self.paths[item])
         try:
             return self.views(decode_rgb(path)), int(self.labels[item]), ""
-        except Exception:  # counted out; a placeholder keeps the batch's shape
+        except ImageError:  # counted out; a placeholder keeps the batch's shape
             return self.views(torch.zeros(3, self.crop, self.crop, dtype=torch.uint8)), -1, path
 
     def views(self, image: torch.Tensor):

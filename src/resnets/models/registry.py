@@ -48,7 +48,7 @@ def create_model(name: str, num_classes: int | None = None, pretrained: str | No
     config = model_config(name, num_classes, **overrides)
     if pretrained is None:
         return ResNet(config)
-    from ..serving.export import load_model  # imported here: resnets.serving.export imports this package
+    from ..serving.weights import load_model  # imported here: resnets.serving.weights imports this package
     from .pretrained import weights_file
 
     model, _ = load_model(weights_file(f"{name}:{pretrained}"))

@@ -11,8 +11,10 @@ from .resnet import ResNet
 
 # What torchvision's ImageNet weights (IMAGENET1K_V1, the files named <arch>-<hash>.pth) were trained and are
 # evaluated with: per-channel mean and std of ImageNet, shorter side resized to 256, centre 224 crop
-# (torchvision.models.ResNet50_Weights.IMAGENET1K_V1.transforms()). The input of `normalize`: (x / 255 - mean) / std.
-PREPROCESSING = {"mean": (0.485, 0.456, 0.406), "std": (0.229, 0.224, 0.225), "input_size": 224, "resize": 256}
+# (torchvision.models.ResNet50_Weights.IMAGENET1K_V1.transforms()); as serving.preprocessing.Preprocessing.from_dict
+# reads it.
+PREPROCESSING = {"mean": (0.485, 0.456, 0.406), "std": (0.229, 0.224, 0.225), "input_size": 224, "resize": 256,
+                 "in_channels": 3}
 
 
 def read_torchvision(path: str | Path) -> dict:
@@ -22,12 +24,6 @@ def read_torchvision(path: str | Path) -> dict:
     # A missing file, a damaged zip, a pickle that is not weights (or wants to run code), an empty file.
     except (OSError, RuntimeError, pickle.UnpicklingError, EOFError, ValueError) as e:
         raise UserError(f"cannot read torchvision weights {path}: {first_line(e)}") from None
-
-
-def torchvision_preprocessing() -> dict:
-    """PREPROCESSING as the tensors a checkpoint's preprocessing holds: mean and std of shape (3, 1, 1)."""
-    tensors = {k: torch.tensor(PREPROCESSING[k]).view(3, 1, 1) for k in ("mean", "std")}
-    return {**PREPROCESSING, **tensors, "in_channels": 3}
 
 
 def from_torchvision(name: str, weights: str | Path | dict) -> ResNet:

@@ -6,17 +6,16 @@ already finished is read back, an interrupted one is resumed, so re-running the 
 stopped; then the runs' metrics become a table (markdown + JSON) and a picture.
 """
 
-import json
 import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .. import files
 from ..config import Config, PaperSection, load_config
 from ..errors import UserError
 from ..models import ResNet, ResNetConfig
 from ..plots import plot_comparison
 from ..training.run import RunDir, load_checkpoint
+from . import outputs
 from .report import legs
 
 # Named schedules. "paper" keeps the recipe's own (CIFAR-10: 64k iterations, lr / 10 at 32k and 48k).
@@ -199,9 +198,7 @@ def _hours(seconds: float) -> str:
 def write_outputs(name: str, runs: list[Run], out: Path, title: str, table: list[dict], text: str) -> None:
     """out/<name>.md (`text`), out/<name>.json (`table`) and out/<name>.png (the runs' curves, one panel per
     group)."""
-    files.write_text(out / f"{name}.md", text)
-    files.write_text(out / f"{name}.json", json.dumps(table, indent=1) + "\n")
     groups = {}
     for run in runs:
         groups.setdefault(run.group, []).append((run.name, run.metrics))
-    plot_comparison(groups, out / f"{name}.png", title)
+    outputs.write(out, name, text, table, lambda path: plot_comparison(groups, path, title))

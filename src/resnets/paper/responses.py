@@ -13,7 +13,7 @@ import torch
 
 from ..data import BatchLoader, load_train_val, normalize
 from ..errors import UserError
-from ..serving.export import load_model
+from ..serving.weights import load_model
 from ..training.run import RunDir, iteration_of
 
 
@@ -67,7 +67,7 @@ def run_responses(run_dir: Path, images: int) -> dict:
     model, info = load_model(newest)
     _, val = load_train_val(cfg.data)
     val = val.subset(torch.arange(min(images, len(val))))
-    stds = layer_responses(model, val, info["preprocessing"]["mean"], info["preprocessing"]["std"])
+    stds = layer_responses(model, val, info["preprocessing"].mean, info["preprocessing"].std)
     return {"network": cfg.model.name, "run": str(run), "iteration": iteration_of(newest), "images": len(val),
             "stds": stds}
 

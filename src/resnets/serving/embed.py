@@ -12,8 +12,7 @@ import numpy as np
 import torch
 
 from .. import files
-from ..data import normalize
-from ..data.folders import MAX_PIXELS
+from ..data.decode import MAX_PIXELS
 from ..errors import UserError
 from .predict import read_batches
 
@@ -31,7 +30,7 @@ def embed(model, info: dict, paths: list[Path], batch_size: int = 64,
     model.eval()
     for results, images in read_batches(paths, pre, batch_size, max_pixels):
         if images:
-            x = normalize(torch.stack(images).to(device), pre["mean"], pre["std"])
+            x = pre.normalize(torch.stack(images).to(device))
             with torch.inference_mode():
                 features = iter(model.forward_head(model.forward_features(x), pre_logits=True).float().cpu())
             for result in results:

@@ -1,17 +1,73 @@
-"""Top-1 / top-5 error of a model on a dataset, under one of the paper's test protocols, on one or N processes."""
+"""Top-1 / top-5 error of a model on a dataset, under one of the paper's test protocols, on one or N processes;
+`evaluate_checkpoint`, what `resnets eval` measures."""
 
-import contextlib
 import math
+from collections.abc import Sequence
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-from .. import distributed
-from ..data import BatchLoader, normalize
+from .. import distributed, runtime
+from ..config import DataSection
+from ..data import BatchLoader, default_workers, load_eval_set, match_classes, normalize
+from ..data.imagenet import PAPER_SCALES, PROTOCOLS
+from ..errors import UserError
+from .preprocessing import Preprocessing
+from .weights import load_model
+
+# Images per evaluation batch: ten crops make ten network inputs per image, multi-scale testing runs one at a time.
+EVAL_BATCH = {"center": 500, "10crop": 50, "multiscale": 8}
+RESULT = ("top1_error", "top5_error", "images", "loss")  # what each protocol's result holds, after its name
 
 
-def autocast(device: torch.device, bf16: bool):
-    return torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
+def evaluate_checkpoint(source: str | Path, data: str, protocols: Sequence[str] = ("center",), device: str = "auto",
+                        precision: str = "fp32", val_split: int = 0, split_seed: int = 0,
+                        scales: Sequence[int] | None = None) -> list[dict]:
+    """[{"protocol", "top1_error", "top5_error", "images", "loss"} for each of `protocols`] of the network `source`
+    names (anything load_model reads) on `data`: "digits", a CIFAR archive or folder (its test split), or an image
+    folder (its val/ or test/ part, else all of it), each image prepared as the network's preprocessing says.
+
+    With `val_split`, the training images a run with data.val_split = val_split and data.split_seed = split_seed
+    held out. "10crop" and "multiscale" (at `scales`, default the paper's) need an image folder. Under torchrun
+    each process scores its share and every process gets the same results.
+    """
+    unknown = [p for p in protocols if p not in PROTOCOLS]
+    if unknown:
+        raise UserError(f"unknown test protocol {', '.join(unknown)}; use {', '.join(PROTOCOLS)}")
+    device = distributed.setup(runtime.pick_device(str(device)))  # under torchrun: this process's GPU, or the CPU
+    model, info = load_model(source, device)
+    pre = info["preprocessing"]
+    folder = Path(data).is_dir()
+    if list(protocols) != ["center"] and not folder:
+        raise UserError(f"--protocol {','.join(protocols)} needs an image folder; {data} is not one")
+    # Images of any size, resized then cropped as the protocol says, when the network was trained so (resize >
+    # input_size) or another protocol than the centre crop is asked for; else the fixed-size folder path.
+    views = folder and (pre.resize != pre.input_size or list(protocols) != ["center"])
+    section = _data_section(pre, folder, views, val_split, split_seed)
+    ds = load_eval_set(data, section)
+    if ds.image_shape != pre.shape:
+        raise UserError(f"{data} holds {ds.image_shape} images but the model takes {pre.shape}")
+    ds = match_classes(ds, info["classes"])
+    bf16 = runtime.use_bf16(precision, device)
+    model = model.to(memory_format=torch.channels_last)
+    results = []
+    for protocol in protocols:
+        part = ds.with_protocol(protocol, scales or PAPER_SCALES) if views else ds
+        result = evaluate(model, part, pre.mean.to(device), pre.std.to(device), device, bf16,
+                          batch_size=EVAL_BATCH[protocol], workers=default_workers(section.workers))
+        results.append({"protocol": protocol, **{k: result[k] for k in RESULT}})
+    return results
+
+
+def _data_section(pre: Preprocessing, folder: bool, views: bool, val_split: int, split_seed: int) -> DataSection:
+    """How load_eval_set reads the data for a network of `pre`: an image folder at the network's input size, cut
+    into the protocols' views from its resize side when `views`; only the held-out images decoded (streamed)
+    with a val_split, not the whole training part."""
+    return DataSection(image_size=pre.input_size if folder else 0, cache_dir="",
+                       crop=pre.input_size if views else 0, resize=pre.resize if views else 0,
+                       val_split=val_split, split_seed=split_seed,
+                       loader="stream" if val_split and folder else "auto")
 
 
 @torch.no_grad()
@@ -72,6 +128,6 @@ def _logits(model, images: torch.Tensor, mean, std, device, bf16: bool) -> torch
         # flat on ImageNet, so the choice hardly matters.
         mean = F.interpolate(mean[None], size=x.shape[-2:], mode="bilinear", align_corners=False)[0]
     x = normalize(x, mean, std).contiguous(memory_format=torch.channels_last)
-    with autocast(device, bf16):
+    with runtime.autocast(device, bf16):
         return model(x).float()
 

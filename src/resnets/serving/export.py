@@ -1,10 +1,10 @@
-"""A trained network in portable formats, each checked against PyTorch before it is written; `load_model`.
+"""A trained network in portable formats, each checked against PyTorch before it is written.
 
 - onnx: the network with a dynamic batch dimension, run back in onnxruntime.
 - pt2: a `torch.export` program (`torch.export.load(path).module()`), run back in PyTorch. TorchScript is
   not offered: torch 2.14 deprecates `torch.jit.trace` / `torch.jit.script` in favour of `torch.export`.
-- safetensors: the weights, with the model config and preprocessing as metadata; `load_model` reads it
-  without unpickling anything.
+- safetensors: the weights, with the model config and preprocessing as metadata; `resnets.load_model`
+  (serving.weights) reads it without unpickling anything.
 
 Every format holds the network as trained: its input is the normalised image, (x / 255 - mean) / std, of
 shape (B, in_channels, input_size, input_size), and its output the logits. The class names and preprocessing
@@ -17,48 +17,16 @@ import json
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError, safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from .. import files
-from ..errors import UserError, first_line
-from ..models import ResNet, ResNetConfig, pretrained
-from ..training.run import load_checkpoint
+from ..errors import UserError
+from ..models import ResNet
+from .preprocessing import Preprocessing
+from .weights import FORMAT, STATS, load_model
 
-FORMAT = "resnets-export-1"  # metadata "format" of every export
 TOLERANCE = 1e-4  # max abs difference on logits between an export and PyTorch fp32 (see export())
 EXTENSIONS = {"onnx": ".onnx", "pt2": ".pt2", "safetensors": ".safetensors"}
-STATS = ("mean", "std")  # preprocessing tensors; the rest of the preprocessing dict is ints
-
-
-def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[ResNet, dict]:
-    """(network in eval mode, info) from a checkpoint, a run directory (its newest checkpoint), a safetensors
-    export or the name of packaged weights ("resnet20:cifar10", see resnets.models.pretrained). info = {"classes",
-    "preprocessing", "model_config"}; preprocessing holds mean and std tensors and input_size, resize,
-    in_channels. Nothing is unpickled beyond tensors (checkpoints: weights_only=True).
-    """
-    path = pretrained.weights_file(path) if pretrained.is_name(str(path)) else Path(path)
-    if is_safetensors(path):
-        config, state, classes, pre = _read_safetensors(path)
-    elif path.suffix == ".safetensors" and path.is_file():
-        raise UserError(f"{path} is not a safetensors file")
-    else:
-        ckpt = load_checkpoint(path)
-        missing = [k for k in ("model_config", "model", "classes", "preprocessing") if k not in ckpt]
-        if missing:
-            raise UserError(f"{path} lacks {', '.join(missing)}: not a complete resnets checkpoint")
-        config, state, classes, pre = ckpt["model_config"], ckpt["model"], ckpt["classes"], ckpt["preprocessing"]
-    # Checkpoints written before preprocessing recorded `resize` were trained on images of input_size.
-    pre = {**pre, "resize": pre.get("resize", pre["input_size"])}
-    try:
-        model = ResNet(ResNetConfig(**config))
-        model.load_state_dict(state)
-    except (TypeError, RuntimeError) as e:
-        raise UserError(f"{path}: the weights do not fit the model config ({first_line(e, 200)})") from None
-    if len(classes) != model.config.num_classes:
-        raise UserError(f"{path} names {len(classes)} classes for a network of {model.config.num_classes} outputs")
-    info = {"classes": list(classes), "preprocessing": pre, "model_config": model.config.to_dict()}
-    return model.to(device).eval(), info
 
 
 def export(source: str | Path, out: str | Path, format: str | None = None, tolerance: float = TOLERANCE) -> dict:
@@ -94,26 +62,23 @@ def export(source: str | Path, out: str | Path, format: str | None = None, toler
     return {"format": format, "path": str(out), "bytes": out.stat().st_size, "max_abs_diff": diff, "limit": limit}
 
 
-def _check_images(pre: dict, n: int = 3) -> torch.Tensor:
+def _check_images(pre: Preprocessing, n: int = 3) -> torch.Tensor:
     """n random uint8 images normalised as in training: realistic inputs, the same ones on every call."""
-    from ..data import normalize  # resnets.data imports torchvision (seconds); `import resnets` stays light
-
-    shape = (n, pre["in_channels"], pre["input_size"], pre["input_size"])
-    images = torch.randint(0, 256, shape, dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
-    return normalize(images, pre["mean"], pre["std"])
+    images = torch.randint(0, 256, (n, *pre.shape), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    return pre.normalize(images)
 
 
 def _metadata(info: dict, stats: bool) -> dict[str, str]:
     """str -> str metadata; mean/std as nested lists when `stats` (safetensors stores them as tensors)."""
-    pre = {k: (v.tolist() if k in STATS else v) for k, v in info["preprocessing"].items() if stats or k not in STATS}
+    stored = info["preprocessing"].to_dict()
+    pre = {k: (v.tolist() if k in STATS else v) for k, v in stored.items() if stats or k not in STATS}
     return {"format": FORMAT, "model_config": json.dumps(info["model_config"]), "classes": json.dumps(info["classes"]),
             "preprocessing": json.dumps(pre)}
 
 
 def _example(info: dict) -> torch.Tensor:
     # Batch 2, not 1: torch.export specialises dimensions of size 0 and 1 to constants.
-    pre = info["preprocessing"]
-    return torch.zeros(2, pre["in_channels"], pre["input_size"], pre["input_size"])
+    return torch.zeros(2, *info["preprocessing"].shape)
 
 
 # ONNX ------------------------------------------------------------------------------------------------------------
@@ -164,7 +129,7 @@ def _run_pt2(path: str, x: torch.Tensor) -> torch.Tensor:
 
 def _save_safetensors(model: ResNet, info: dict, path: str) -> None:
     tensors = {k: v.contiguous() for k, v in model.state_dict().items()}
-    tensors |= {f"preprocessing.{k}": info["preprocessing"][k].float().contiguous() for k in STATS}
+    tensors |= {f"preprocessing.{k}": getattr(info["preprocessing"], k).contiguous() for k in STATS}
     save_file(tensors, path, metadata=_metadata(info, stats=False))
 
 
@@ -172,29 +137,6 @@ def _run_safetensors(path: str, x: torch.Tensor) -> torch.Tensor:
     model, _ = load_model(path)
     with torch.no_grad():
         return model(x)
-
-
-def is_safetensors(path: Path) -> bool:
-    """A safetensors file starts with its JSON header's length (8 bytes, little-endian), then '{'."""
-    if not path.is_file():
-        return False
-    with open(path, "rb") as f:
-        head = f.read(9)
-    return len(head) == 9 and head[8:] == b"{" and int.from_bytes(head[:8], "little") <= path.stat().st_size - 8
-
-
-def _read_safetensors(path: Path) -> tuple[dict, dict, list[str], dict]:
-    """(model_config, state_dict, classes, preprocessing) of a safetensors export."""
-    try:
-        with safe_open(path, "pt") as f:
-            meta = f.metadata() or {}
-        if meta.get("format") != FORMAT:
-            raise UserError(f"{path} is a safetensors file but not a resnets export (no format={FORMAT} metadata)")
-        state = load_file(path)
-        pre = json.loads(meta["preprocessing"]) | {k: state.pop(f"preprocessing.{k}") for k in STATS}
-        return json.loads(meta["model_config"]), state, json.loads(meta["classes"]), pre
-    except (SafetensorError, OSError, KeyError, ValueError) as e:
-        raise UserError(f"{path} is a damaged resnets safetensors export ({str(e).strip()[:120]})") from None
 
 
 WRITERS = {"onnx": (_save_onnx, _run_onnx), "pt2": (_save_pt2, _run_pt2),

@@ -21,8 +21,9 @@ from .. import distributed
 from ..config import Config
 from ..errors import UserError
 from ..models import ResNet, ResNetConfig
-from ..models.torchvision_weights import read_torchvision, torchvision_preprocessing
-from ..serving.export import is_safetensors, load_model
+from ..models.torchvision_weights import PREPROCESSING, read_torchvision
+from ..serving.preprocessing import Preprocessing
+from ..serving.weights import is_safetensors, load_model
 
 # ResNetConfig fields that decide what the network computes; the others are the classifier's size or act only in
 # training (dropout, drop_path, zero_init_last's initialisation), which fine-tuning may change.
@@ -37,7 +38,7 @@ class Init:
     source: str  # how messages name them
     state: dict  # state_dict
     classes: list[str] | None  # None: torchvision's, whose file names none (ImageNet's 1000)
-    preprocessing: dict  # as a checkpoint holds it: mean, std, input_size, resize, in_channels
+    preprocessing: Preprocessing
     config: ResNetConfig | None  # None: torchvision's, whose file has none
 
 
@@ -47,7 +48,7 @@ def read(spec: str) -> Init:
     # Not a safetensors export: torch.load reads those too, as a bare state_dict without their metadata.
     state = _plain_state_dict(path) if path.is_file() and not is_safetensors(path) else None
     if state is not None:
-        return Init(f"torchvision weights {path}", state, None, torchvision_preprocessing(), None)
+        return Init(f"torchvision weights {path}", state, None, Preprocessing.from_dict(PREPROCESSING), None)
     # Checkpoints, run directories, safetensors exports (and whatever names load_model learns to read).
     model, info = load_model(path if path.exists() else spec)
     return Init(spec, model.state_dict(), info["classes"], info["preprocessing"], ResNetConfig(**info["model_config"]))
@@ -126,14 +127,14 @@ def _config_misfit(init: Init, config: ResNetConfig) -> str:
 def weights_stats(init: Init, image_shape: tuple[int, int, int]) -> tuple[torch.Tensor, torch.Tensor]:
     """The mean and std the weights were trained with, for images of `image_shape`. A per-pixel mean fits only
     images of its own size (a different size trains on with per-channel statistics, which hold at any size)."""
-    mean, std = init.preprocessing["mean"], init.preprocessing["std"]
+    mean, std = init.preprocessing.mean, init.preprocessing.std
     _, size, _ = image_shape
     if mean.shape[-1] > 1 and mean.shape[-2:] != (size, size):
         side = mean.shape[-1]
         raise UserError(f"model.init {init.source} was trained with a per-pixel mean of {side}x{side} images, and "
                         f"this data gives {size}x{size}: resize it (data.image_size={side}) or estimate new "
                         "statistics (data.stats=data)")
-    return mean.float(), std.float()
+    return mean, std
 
 
 def _loaded(init: Init, model: ResNet, new: list[str], classes: list[str]) -> str:
@@ -154,10 +155,11 @@ def _few(names: list[str]) -> str:
 
 
 def _describe(init: Init) -> str:
-    mean, pre = init.preprocessing["mean"], init.preprocessing
-    kind = f"per-pixel mean of {mean.shape[-1]}x{mean.shape[-1]} images" if mean.shape[-1] > 1 else "per-channel"
-    resized = f" (shorter side resized to {pre['resize']} first)" if pre["resize"] != pre["input_size"] else ""
-    return f"{kind}; trained on {pre['input_size']}x{pre['input_size']} inputs{resized}"
+    pre = init.preprocessing
+    side = pre.mean.shape[-1]
+    kind = f"per-pixel mean of {side}x{side} images" if side > 1 else "per-channel"
+    resized = f" (shorter side resized to {pre.resize} first)" if pre.resize != pre.input_size else ""
+    return f"{kind}; trained on {pre.input_size}x{pre.input_size} inputs{resized}"
 
 
 def param_groups(model: ResNet, backbone_lr_factor: float, lr: float) -> list:

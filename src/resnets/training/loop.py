@@ -29,7 +29,8 @@ from ..data import BatchLoader, default_workers, lighting, load_train_val, norma
 from ..errors import UserError
 from ..models import ResNet
 from ..plots import plot_curves
-from ..serving.evaluate import autocast, evaluate
+from ..serving.evaluate import evaluate
+from ..serving.preprocessing import Preprocessing
 from . import finetune
 from .run import RunDir, TrainState
 from .schedule import in_iterations, lr_factor
@@ -57,7 +58,7 @@ def _train(cfg: Config, run: RunDir, resume: bool) -> dict:
         raise UserError(f"{run} already holds a run; resume it with --resume or choose another --out")
     if state.preprocessing is None:  # a fresh start: model.init's weights (if any), the statistics to use
         state.preprocessing = _preprocessing(cfg, s, init)
-    s.mean, s.std = state.preprocessing["mean"].to(s.device), state.preprocessing["std"].to(s.device)
+    s.mean, s.std = state.preprocessing.mean.to(s.device), state.preprocessing.std.to(s.device)
     tensorboard = _tensorboard(run) if cfg.run.tensorboard and s.main else None
     if s.main:
         with _writes(run):
@@ -136,14 +137,14 @@ def set_up(cfg: Config) -> Setup:
                  cfg.run.eval_every * (len(loader) if cfg.schedule.unit == "epoch" else 1), machine)
 
 
-def _preprocessing(cfg: Config, s: Setup, init) -> dict:
+def _preprocessing(cfg: Config, s: Setup, init) -> Preprocessing:
     """What predict/export need to feed the network a new image: shorter side resized to `resize`, centre crop of
     `input_size`, channels, then (x / 255 - mean) / std, with model.init's statistics or the data's."""
     stats = finetune.start(cfg, s.model, s.train_set, init) if cfg.model.init else None
     mean, std = stats if stats is not None else _normalization(s.train_set, cfg.data.normalize, s.workers)
     in_channels, size, _ = s.train_set.image_shape
-    return {"mean": mean, "std": std, "input_size": size,
-            "resize": (cfg.data.resize or size) if cfg.data.crop else size, "in_channels": in_channels}
+    return Preprocessing(mean, std, input_size=size, resize=(cfg.data.resize or size) if cfg.data.crop else size,
+                         in_channels=in_channels)
 
 
 def _announce(s: Setup, run: RunDir) -> None:
@@ -201,7 +202,7 @@ def step(s: Setup, state: TrainState, images: torch.Tensor, labels: torch.Tensor
     labels = labels.to(s.device, non_blocking=True)
     for group, lr in zip(s.optimizer.param_groups, lr_at(s, state.iteration, state.history)):
         group["lr"] = lr
-    with autocast(s.device, s.bf16):
+    with runtime.autocast(s.device, s.bf16):
         logits = s.step_model(x).float()
     loss = F.cross_entropy(logits, labels, label_smoothing=cfg.optim.label_smoothing)
     s.optimizer.zero_grad(set_to_none=True)

@@ -28,6 +28,7 @@ from .. import distributed, files
 from ..config import Config, from_dict, load_config
 from ..errors import EnvironmentFailure, UserError, first_line
 from ..models import ResNet
+from ..serving.preprocessing import Preprocessing
 from ..terminal import shown
 from .schedule import scheduled_steps
 
@@ -226,14 +227,14 @@ class TrainState:
     optimizer: torch.optim.Optimizer
     iteration: int = 0
     history: list[dict] = field(default_factory=list)
-    preprocessing: dict | None = None  # mean, std, input_size, resize, in_channels
+    preprocessing: Preprocessing | None = None
 
     def save(self, run: RunDir, cfg: Config, classes: list[str], world: int) -> None:
         """A checkpoint of this state at its iteration, also holding what eval/predict/export need."""
         save_checkpoint({
             "format": FORMAT, "iteration": self.iteration, "config": cfg.to_dict(), "world_size": world,
             "model_config": self.model.config.to_dict(), "model": self.model.state_dict(), "classes": list(classes),
-            "preprocessing": self.preprocessing, "optimizer": self.optimizer.state_dict(),
+            "preprocessing": self.preprocessing.to_dict(), "optimizer": self.optimizer.state_dict(),
             "rng": torch.get_rng_state(), "history": self.history,
             # Dropout and stochastic depth draw from the device's generator too.
             "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
@@ -262,8 +263,9 @@ class TrainState:
             self.iteration, self.history = ckpt["iteration"], ckpt["history"]
         except (KeyError, TypeError, ValueError, RuntimeError) as e:
             raise UserError(f"{path} does not fit the network ({first_line(e)})") from None
-        # The mean and std it was trained with, not a new estimate (None: from before they were saved).
-        self.preprocessing = ckpt.get("preprocessing")
+        # The mean and std it was trained with, not a new estimate (none: from before they were saved).
+        stored = ckpt.get("preprocessing")
+        self.preprocessing = Preprocessing.from_dict(stored) if stored else None
 
     def resume(self, run: RunDir, cfg: Config, world: int) -> None:
         """From the newest usable checkpoint of `run`, falling back past damaged or foreign ones; from iteration 0
