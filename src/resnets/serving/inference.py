@@ -28,7 +28,6 @@ from typing import Literal
 
 import torch
 from torch import nn
-from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from ..errors import UserError
 from ..models.resnet import ResNet
@@ -49,39 +48,17 @@ COMPILE_OPTIONS = {"freezing": True, "size_asserts": False, "scalar_asserts": Fa
 KEEP_FLOAT = ("fc",)
 
 
-def _fold(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> nn.Conv2d:
-    # fuse_conv_bn_eval computes w * gamma / sqrt(var + eps) and (b - mean) * gamma / sqrt(var + eps) + beta.
-    return fuse_conv_bn_eval(conv, bn)
-
-
 def fold_batchnorm(model: ResNet) -> ResNet:
     """A copy of `model` in eval mode with every BatchNorm that follows a convolution folded into it.
 
-    Folded: the stem (conv1 -> bn1); in post-activation blocks every conv{i} -> bn{i} pair and the projection
-    Sequential(Conv2d, BatchNorm2d); in pre-activation blocks (BN -> ReLU -> conv) bn{i+1}, which normalises
-    conv{i}'s output, into conv{i}. Left alone, because no convolution directly precedes them: a
-    pre-activation block's bn1 (it normalises the sum of the previous block, which the identity shortcut
-    also carries unnormalised) and the final BN of pre-activation nets. Folded BNs become nn.Identity, so
-    the blocks' forward passes are unchanged (they look layers up by name).
+    Folded: the stem's BN, each BN that normalises a convolution's output in a block (ResidualBlock.conv_bn_pairs)
+    and the BN of post-activation projections. Left alone, because no convolution directly precedes them: a
+    pre-activation block's bn1 (it normalises the sum of the previous block, which the identity shortcut also
+    carries unnormalised) and the final BN of pre-activation nets. Folded BNs become nn.Identity, so the forward
+    passes are unchanged.
     """
     model = copy.deepcopy(model).eval()
-    if isinstance(model.bn1, nn.BatchNorm2d):
-        model.conv1, model.bn1 = _fold(model.conv1, model.bn1), nn.Identity()
-    for block in model.blocks():
-        if block.preact:
-            for i in range(1, block.depth):  # bn{i+1} follows conv{i}, with nothing in between
-                conv, _ = block.layer(i)
-                _, bn = block.layer(i + 1)
-                setattr(block, f"conv{i}", _fold(conv, bn))
-                setattr(block, f"bn{i + 1}", nn.Identity())
-        else:
-            for i in range(1, block.depth + 1):
-                conv, bn = block.layer(i)
-                setattr(block, f"conv{i}", _fold(conv, bn))
-                setattr(block, f"bn{i}", nn.Identity())
-        ds = block.downsample
-        if isinstance(ds, nn.Sequential) and len(ds) == 2 and isinstance(ds[1], nn.BatchNorm2d):
-            block.downsample = _fold(ds[0], ds[1])
+    model.fold_batchnorm()
     return model
 
 

@@ -1,0 +1,55 @@
+"""Issue 17, extension points as single tables: each is where the config's and the CLI's choices come from, and
+adding a kind is one entry there (shown here for a block type and a schedule with monkeypatched entries)."""
+
+import argparse
+import typing
+
+import pytest
+import torch
+
+from resnets import ResNetConfig, UserError, create_model
+from resnets.cli import build_parser
+from resnets.models.blocks import BLOCK_TYPES, SHORTCUT_TYPES, STEMS, BlockType, ConvSpec
+from resnets.paper.responses import three_by_three_bns
+from resnets.serving.inference import fold_batchnorm
+
+
+def cli_choices(job: str, flag: str) -> tuple:
+    parser = build_parser()
+    jobs = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    return tuple(next(a for a in jobs.choices[job]._actions if flag in a.option_strings).choices)
+
+
+def one_line_error(call, *args, **kwargs) -> str:
+    with pytest.raises(UserError) as e:
+        call(*args, **kwargs)
+    assert "\n" not in str(e.value)
+    return str(e.value)
+
+
+# ---------------------------------------------------------------------------------------------- models/blocks.py
+
+@pytest.mark.parametrize("field, table", [("block", BLOCK_TYPES), ("shortcut", SHORTCUT_TYPES), ("stem", STEMS)])
+def test_the_model_configs_choices_are_the_tables_keys(field, table):
+    assert typing.get_args(ResNetConfig.__annotations__[field]) == tuple(table)
+    message = one_line_error(create_model, "resnet20", **{field: "nope"})
+    assert message == f"{field}='nope' is not one of {', '.join(table)}"
+
+
+def _triple(c, width: int, stride: int) -> list[ConvSpec]:
+    return [ConvSpec(3, width, stride), ConvSpec(3, width), ConvSpec(3, width)]
+
+
+def test_a_new_block_type_is_one_entry(monkeypatch):
+    """Three 3x3 convolutions per branch: the network builds, and BN folding and the layer responses (which ask the
+    blocks for their conv -> BN pairs) need nothing more."""
+    monkeypatch.setitem(BLOCK_TYPES, "triple", BlockType(_triple))
+    torch.manual_seed(0)
+    model = create_model("resnet20", block="triple", num_classes=5).eval()
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        expected, folded = model(x), fold_batchnorm(model)(x)
+    assert expected.shape == (2, 5) and torch.allclose(folded, expected, atol=1e-5 * expected.abs().max().item())
+    assert len(three_by_three_bns(model)) == 1 + 9 * 3  # the stem's, then three per block
+    message = one_line_error(create_model, "resnet20", block="triple", groups=2)
+    assert message == "groups and width_per_group apply to bottleneck blocks; widen triple blocks with widths"
