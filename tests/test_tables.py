@@ -9,9 +9,11 @@ import torch
 
 from resnets import ResNetConfig, UserError, create_model
 from resnets.cli import build_parser
+from resnets.config import load_config
 from resnets.models.blocks import BLOCK_TYPES, SHORTCUT_TYPES, STEMS, BlockType, ConvSpec
 from resnets.paper.responses import three_by_three_bns
 from resnets.serving.inference import fold_batchnorm
+from resnets.training.schedule import SCHEDULES, lr_factor
 
 
 def cli_choices(job: str, flag: str) -> tuple:
@@ -53,3 +55,14 @@ def test_a_new_block_type_is_one_entry(monkeypatch):
     assert len(three_by_three_bns(model)) == 1 + 9 * 3  # the stem's, then three per block
     message = one_line_error(create_model, "resnet20", block="triple", groups=2)
     assert message == "groups and width_per_group apply to bottleneck blocks; widen triple blocks with widths"
+
+
+# ---------------------------------------------------------------------------------------- training/schedule.py
+
+def test_schedule_kinds_are_the_schedule_table(monkeypatch):
+    message = one_line_error(load_config, None, ["schedule.kind=constant"])
+    assert message == f"schedule.kind='constant' is not one of {', '.join(SCHEDULES)}"
+    monkeypatch.setitem(SCHEDULES, "constant", lambda s, it, history: 0.5)
+    s = load_config(None, ["schedule.kind=constant", "schedule.warmup_iterations=10"]).schedule
+    # Warm-up stays common to every kind; after it, the new entry's function is the lr.
+    assert lr_factor(s, 0) == pytest.approx(s.warmup_factor) and lr_factor(s, 10) == lr_factor(s, 10**6) == 0.5

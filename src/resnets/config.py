@@ -9,6 +9,7 @@ from pathlib import Path
 
 from .errors import UserError, close_matches, did_you_mean
 from .models import ResNetConfig, model_config
+from .training.schedule import SCHEDULES
 
 
 @dataclass
@@ -65,7 +66,7 @@ class OptimSection:
 
 @dataclass
 class ScheduleSection:
-    kind: str = "step"  # step (the paper's CIFAR) | plateau (the paper's ImageNet) | cosine | onecycle
+    kind: str = "step"  # a key of training.schedule.SCHEDULES: step (the paper's CIFAR), plateau (its ImageNet), ...
     # "epoch": iterations, milestones, warmup_iterations and run.eval_every count epochs (of the N x batch_size
     # images steps that N processes take), so that one recipe keeps its epochs on any number of processes.
     unit: str = "iteration"
@@ -126,8 +127,9 @@ class Config:
 
 
 SECTIONS = {f.name: f.type for f in fields(Config)}
+# The allowed values of text keys; a table (a dict) stands for its keys, looked up when a value is checked.
 CHOICES = {
-    "schedule.kind": ("step", "plateau", "cosine", "onecycle"),
+    "schedule.kind": SCHEDULES,
     "schedule.unit": ("iteration", "epoch"),
     "schedule.warmup": ("constant", "linear"),
     "data.normalize": ("pixel_mean", "channel"),
