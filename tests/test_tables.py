@@ -12,6 +12,7 @@ from resnets.cli import build_parser
 from resnets.config import load_config
 from resnets.models.blocks import BLOCK_TYPES, SHORTCUT_TYPES, STEMS, BlockType, ConvSpec
 from resnets.paper.responses import three_by_three_bns
+from resnets.serving.export import FORMATS, RETIRED, export
 from resnets.serving.inference import fold_batchnorm
 from resnets.training.schedule import SCHEDULES, lr_factor
 
@@ -66,3 +67,14 @@ def test_schedule_kinds_are_the_schedule_table(monkeypatch):
     s = load_config(None, ["schedule.kind=constant", "schedule.warmup_iterations=10"]).schedule
     # Warm-up stays common to every kind; after it, the new entry's function is the lr.
     assert lr_factor(s, 0) == pytest.approx(s.warmup_factor) and lr_factor(s, 10) == lr_factor(s, 10**6) == 0.5
+
+
+# ------------------------------------------------------------------------------------------ serving/export.py
+
+def test_export_formats_are_the_format_table(tmp_path):
+    assert cli_choices("export", "--format") == (*FORMATS, *RETIRED)
+    message = one_line_error(export, "resnet20:cifar10", tmp_path / "model.xyz")
+    assert message == f"say --format {' or '.join(FORMATS)} (or give --out one of their extensions)"
+    assert one_line_error(export, "resnet20:cifar10", tmp_path / "m", "torchscript") == RETIRED["torchscript"]
+    assert {f.extension for f in FORMATS.values()} == {f".{name}" for name in FORMATS}
+    assert not list(tmp_path.iterdir())
