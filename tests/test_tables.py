@@ -13,7 +13,8 @@ from resnets.config import load_config
 from resnets.models.blocks import BLOCK_TYPES, SHORTCUT_TYPES, STEMS, BlockType, ConvSpec
 from resnets.paper.responses import three_by_three_bns
 from resnets.serving.export import FORMATS, RETIRED, export
-from resnets.serving.inference import fold_batchnorm
+from resnets.serving.inference import MODES, Mode, fold_batchnorm, prepare
+from resnets.serving.predict import predict
 from resnets.training.schedule import SCHEDULES, lr_factor
 
 
@@ -78,3 +79,17 @@ def test_export_formats_are_the_format_table(tmp_path):
     assert one_line_error(export, "resnet20:cifar10", tmp_path / "m", "torchscript") == RETIRED["torchscript"]
     assert {f.extension for f in FORMATS.values()} == {f".{name}" for name in FORMATS}
     assert not list(tmp_path.iterdir())
+
+
+# --------------------------------------------------------------------------------------- serving/inference.py
+
+def test_inference_modes_are_the_mode_table(tmp_path):
+    assert typing.get_args(Mode) == tuple(MODES)
+    needs_nothing = tuple(name for name, mode in MODES.items() if not mode.calibrated)
+    assert cli_choices("predict", "--mode") == ("auto", *needs_nothing) and "int8" not in needs_nothing
+    model = create_model("resnet20")
+    assert one_line_error(prepare, model, "fast") == f"unknown inference mode 'fast'; use one of {', '.join(MODES)}"
+    for name in needs_nothing:
+        assert prepare(model, name).mode == name
+    with pytest.raises(UserError, match="int8 needs calibration images"):
+        next(predict(model, {"preprocessing": {}, "classes": []}, [tmp_path / "x.png"], mode="int8"))

@@ -249,6 +249,7 @@ class _Parser(argparse.ArgumentParser):
 
 def build_parser() -> argparse.ArgumentParser:
     from .serving.export import FORMATS, RETIRED  # the choices come from the tables that define them
+    from .serving.inference import uncalibrated_modes
 
     parser = _Parser(prog="resnets", description=__doc__)
     parser.add_argument("--version", action="version", version=f"resnets {__version__} (torch {torch.__version__})")
@@ -336,10 +337,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--max-pixels", type=_at_least(1), metavar="N",
                    help="refuse images of more pixels as possible decompression bombs (default 50 million)")
-    p.add_argument("--mode", default="auto", choices=("auto", "fp32", "folded", "bf16", "compiled"),
-                   help="how the network runs (docs/INFERENCE.md): auto (default: bf16 where the hardware does bf16, "
-                        "else BN folded fp32), fp32, folded, bf16, or bf16 compiled (fastest for many images; "
-                        "compiles first, tens of seconds)")
+    p.add_argument("--mode", default="auto", choices=("auto", *uncalibrated_modes()),
+                   help="how the network runs (docs/INFERENCE.md): auto (the default) is bf16 where the hardware does "
+                        "bf16, else BN-folded fp32; compiled (bf16 compiled) is the fastest for many images but "
+                        "compiles first, tens of seconds")
     p.add_argument("--device", default="auto")
     p.set_defaults(func=cmd_predict)
 
