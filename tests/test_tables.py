@@ -10,12 +10,16 @@ import torch
 from resnets import ResNetConfig, UserError, create_model
 from resnets.cli import build_parser
 from resnets.config import load_config
+from resnets.data import SOURCES, Dataset, FolderDataset, ImageNetFolder, load_digits, load_folder
+from resnets.data.sources import load_splits
 from resnets.models.blocks import BLOCK_TYPES, SHORTCUT_TYPES, STEMS, BlockType, ConvSpec
 from resnets.paper.responses import three_by_three_bns
 from resnets.serving.export import FORMATS, RETIRED, export
 from resnets.serving.inference import MODES, Mode, fold_batchnorm, prepare
 from resnets.serving.predict import predict
 from resnets.training.schedule import SCHEDULES, lr_factor
+
+from .fakedata import make_cifar_archive, make_image_folder, make_imagenet_folder, write_targz
 
 
 def cli_choices(job: str, flag: str) -> tuple:
@@ -93,3 +97,46 @@ def test_inference_modes_are_the_mode_table(tmp_path):
         assert prepare(model, name).mode == name
     with pytest.raises(UserError, match="int8 needs calibration images"):
         next(predict(model, {"preprocessing": {}, "classes": []}, [tmp_path / "x.png"], mode="int8"))
+
+
+# -------------------------------------------------------------------------------------------- data/sources.py
+
+def _datasets(tmp_path) -> dict:
+    folder = make_image_folder(tmp_path / "folder", classes=2, per_class=3, size=12)
+    imagenet = make_imagenet_folder(tmp_path / "imagenet", classes=2, train_per_class=3, val_per_class=1)
+    return {"ArrayDataset": load_digits()[1], "load_folder": load_folder(folder, 8),
+            "FolderDataset": FolderDataset(folder, 8), "ImageNetFolder": ImageNetFolder(imagenet / "train", 16, 20)}
+
+
+@pytest.mark.filterwarnings("ignore:skipped unreadable image")  # the fake ImageNet folder's corrupt file
+def test_every_dataset_class_satisfies_the_dataset_protocol(tmp_path):
+    for name, ds in _datasets(tmp_path).items():
+        assert isinstance(ds, Dataset), name
+        part = ds.subset(torch.tensor([3, 1]))  # not 0: the fake ImageNet folder's first file is that one
+        assert isinstance(part, Dataset) and len(part) == 2 and part.labels.tolist() == ds.labels[[3, 1]].tolist()
+        (images, labels), = part.load_batches([torch.tensor([0, 1])])
+        assert images.dtype == torch.uint8 and images.shape == (2, *ds.image_shape), name
+        assert labels.tolist() == part.labels.tolist() and len(ds.classes) == int(ds.labels.max()) + 1
+        sample = ds.sample(3)
+        assert isinstance(sample, Dataset) and len(sample) <= max(3, len(ds)) and sample.image_shape == ds.image_shape
+
+
+def _source(path, data) -> str:
+    return next(name for name, source in SOURCES.items() if source.claims(str(path), data))
+
+
+def test_each_path_is_read_by_its_source(tmp_path):
+    data = load_config(None).data
+    cifar = make_cifar_archive(tmp_path / "c")
+    renamed = tmp_path / "cifar10.tgz"  # CIFAR by its content, not by its name
+    renamed.write_bytes(cifar.read_bytes())
+    other = write_targz(tmp_path / "images.tar.gz", {"cat/1.png": b"x"})
+    folder = make_image_folder(tmp_path / "f", classes=2, per_class=2, size=8)
+    split = make_imagenet_folder(tmp_path / "split", classes=2, train_per_class=2, val_per_class=1)
+    paths = {"digits": "digits", renamed: "CIFAR", tmp_path / "c": "CIFAR", other: "other archives",
+             split: "train/val folders", folder: "image folder"}
+    assert {path: _source(path, data) for path in paths} == paths
+    assert len(load_splits(str(renamed), data)[0]) == 50
+    message = one_line_error(load_splits, str(other), data)
+    assert message == (f"{other} is an archive but not CIFAR's (no cifar-10-batches-py or cifar-100-python folder "
+                       "first in it): extract it and set data.path to the folder of class folders")
