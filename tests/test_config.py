@@ -12,8 +12,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from resnets.cli import DEFAULT_RECIPE, main
-from resnets.config import Config, help_keys, load_config
+from resnets.config import Config, help_keys, list_recipes, load_config
 from resnets.errors import UserError
+from resnets.models.blocks import STEMS
 from resnets.training.schedule import in_iterations, lr_factor
 
 
@@ -128,3 +129,33 @@ def test_a_bad_value_in_a_recipe_file_is_refused_too(tmp_path):
     (tmp_path / "r.toml").write_text("[optim]\nlr = nan\n")
     with pytest.raises(UserError, match="optim.lr must be a finite number, got nan"):
         load_config(tmp_path / "r.toml")
+
+
+# The top-1 errors (%) the papers report for the networks of the recipes that cite them: He et al. 2015, Table 6
+# (CIFAR-10), Tables 2 and 3 (ImageNet val, 10-crop); Huang et al. 2016, Table 1; Xie et al. 2017, Table 7;
+# Zagoruyko & Komodakis 2016. The plain CIFAR nets have curves only (Figure 6), the other recipes no paper.
+PAPER_ERRORS = {
+    "cifar10/resnet20": 8.75, "cifar10/resnet32": 7.51, "cifar10/resnet44": 7.17, "cifar10/resnet56": 6.97,
+    "cifar10/resnet110": 6.43, "cifar10/resnet1202": 7.93, "cifar10/resnet110_stochastic_depth": 5.25,
+    "cifar10/resnext29_8x64d": 3.65, "cifar10/wrn28_10": 4.0,
+    "imagenet/plain18": 27.94, "imagenet/plain34": 28.54, "imagenet/resnet18": 27.88, "imagenet/resnet34": 24.52,
+    "imagenet/resnet50": 22.85, "imagenet/resnet101": 21.75, "imagenet/resnet152": 21.43,
+}
+
+
+@pytest.mark.parametrize("recipe", list_recipes())
+def test_every_recipe_loads(recipe):
+    """Every packaged recipe builds its network with the stem its images need, has a schedule whose steps fall
+    within the run, and cites the paper's number for its network (or none)."""
+    cfg = load_config(recipe, {"data.path": "somewhere"})
+    model = cfg.model_config(7, 3)
+    assert recipe.split("/")[1].startswith(cfg.model.name) and model.num_classes == 7
+    # ImageNet-style crops take the ImageNet stem, at its input size; small fixed-size images the CIFAR stem.
+    assert model.stem == ("imagenet" if cfg.data.crop else "cifar")
+    assert cfg.data.crop in (0, STEMS[model.stem].input_size)
+    s = cfg.schedule
+    assert s.warmup_iterations < s.iterations and cfg.run.eval_every <= s.iterations
+    if s.kind == "step":
+        assert s.milestones == sorted(set(s.milestones)) and s.warmup_iterations < s.milestones[0]
+        assert s.milestones[-1] < s.iterations
+    assert cfg.paper.top1_error == PAPER_ERRORS.get(recipe, 0) and bool(cfg.paper.source) == (recipe in PAPER_ERRORS)

@@ -134,4 +134,4 @@ def test_prepare_rejects_bad_requests():
         prepare(model, "fast")
     with pytest.raises(UserError, match="needs calibration"):
         prepare(model, "int8")
-    assert MODES == ("fp32", "folded", "bf16", "compiled", "int8")
+    assert tuple(MODES) == ("fp32", "folded", "bf16", "compiled", "int8")

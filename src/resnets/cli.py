@@ -189,11 +189,11 @@ def cmd_embed(args) -> int:
 
 
 def cmd_export(args) -> None:
-    from .serving.export import export
+    from .serving.export import FORMATS, export
 
     result = export(args.checkpoint, args.out, args.format)
-    checker = {"onnx": "onnxruntime", "pt2": "torch.export.load", "safetensors": "resnets.load_model"}
-    print(f"wrote {result['path']} ({result['format']}, {result['bytes'] / 1e6:.1f} MB); {checker[result['format']]}"
+    checker = FORMATS[result["format"]].checker
+    print(f"wrote {result['path']} ({result['format']}, {result['bytes'] / 1e6:.1f} MB); {checker}"
           f" vs PyTorch fp32 on 3 random images: max abs diff on logits {result['max_abs_diff']:.2e}"
           f" (limit {result['limit']:.1e})")
 
@@ -210,6 +210,9 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .serving.export import FORMATS, RETIRED  # the choices come from the tables that define them
+    from .serving.inference import uncalibrated_modes
+
     parser = _Parser(prog="resnets", description=__doc__)
     parser.add_argument("--version", action="version", version=f"resnets {__version__} (torch {torch.__version__})")
     jobs = parser.add_subparsers(dest="job", required=True, metavar="JOB")
@@ -296,10 +299,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--max-pixels", type=_at_least(1), metavar="N",
                    help="refuse images of more pixels as possible decompression bombs (default 50 million)")
-    p.add_argument("--mode", default="auto", choices=("auto", "fp32", "folded", "bf16", "compiled"),
-                   help="how the network runs (docs/INFERENCE.md): auto (default: bf16 where the hardware does bf16, "
-                        "else BN folded fp32), fp32, folded, bf16, or bf16 compiled (fastest for many images; "
-                        "compiles first, tens of seconds)")
+    p.add_argument("--mode", default="auto", choices=("auto", *uncalibrated_modes()),
+                   help="how the network runs (docs/INFERENCE.md): auto (the default) is bf16 where the hardware does "
+                        "bf16, else BN-folded fp32; compiled (bf16 compiled) is the fastest for many images but "
+                        "compiles first, tens of seconds")
     p.add_argument("--device", default="auto")
     p.set_defaults(func=cmd_predict)
 
@@ -319,9 +322,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = jobs.add_parser("export", help="write a checkpoint as ONNX, a torch.export program or safetensors")
     p.add_argument("checkpoint", help="a checkpoint, a run directory (its newest checkpoint), a .safetensors export "
                                       "or packaged weights (resnet20:cifar10)")
-    p.add_argument("--format", choices=("onnx", "pt2", "safetensors", "torchscript"),
-                   help="default: from --out's extension (.onnx, .pt2, .safetensors); torchscript is deprecated "
-                        "in torch, use pt2")
+    p.add_argument("--format", choices=(*FORMATS, *RETIRED),
+                   help=f"default: from --out's extension ({', '.join(f.extension for f in FORMATS.values())}); "
+                        f"{', '.join(RETIRED)}: refused, with what to use instead")
     p.add_argument("--out", required=True, help="the file to write")
     p.set_defaults(func=cmd_export)
     return parser

@@ -1,6 +1,5 @@
 """Typed training configs: recipe files (TOML) plus `key=value` overrides, checked against dataclasses."""
 
-import difflib
 import math
 import tomllib
 import typing
@@ -8,8 +7,9 @@ from dataclasses import asdict, dataclass, field, fields
 from importlib import resources
 from pathlib import Path
 
-from .errors import UserError
+from .errors import UserError, close_matches, did_you_mean
 from .models import ResNetConfig, model_config
+from .training.schedule import SCHEDULES
 
 
 @dataclass
@@ -66,7 +66,7 @@ class OptimSection:
 
 @dataclass
 class ScheduleSection:
-    kind: str = "step"  # step (the paper's CIFAR) | plateau (the paper's ImageNet) | cosine | onecycle
+    kind: str = "step"  # a key of training.schedule.SCHEDULES: step (the paper's CIFAR), plateau (its ImageNet), ...
     # "epoch": iterations, milestones, warmup_iterations and run.eval_every count epochs (of the N x batch_size
     # images steps that N processes take), so that one recipe keeps its epochs on any number of processes.
     unit: str = "iteration"
@@ -127,8 +127,9 @@ class Config:
 
 
 SECTIONS = {f.name: f.type for f in fields(Config)}
+# The allowed values of text keys; a table (a dict) stands for its keys, looked up when a value is checked.
 CHOICES = {
-    "schedule.kind": ("step", "plateau", "cosine", "onecycle"),
+    "schedule.kind": SCHEDULES,
     "schedule.unit": ("iteration", "epoch"),
     "schedule.warmup": ("constant", "linear"),
     "data.normalize": ("pixel_mean", "channel"),
@@ -160,11 +161,11 @@ def _all_keys() -> list[str]:
 
 
 def _suggest(key: str) -> str:
+    """Keys like `key`, written in full or by their name alone (`lrr` -> optim.lr)."""
     by_name = {k.split(".")[1]: k for k in _all_keys()}
-    close = difflib.get_close_matches(key, _all_keys(), n=3, cutoff=0.6)
-    close += [by_name[n] for n in difflib.get_close_matches(key.split(".")[-1], by_name, n=3, cutoff=0.6)]
-    close = list(dict.fromkeys(close))[:3]
-    return f"; did you mean {', '.join(close)}?" if close else "; see `resnets train --help-keys`"
+    close = close_matches(key, _all_keys(), cutoff=0.6)
+    close += [by_name[n] for n in close_matches(key.split(".")[-1], by_name, cutoff=0.6)]
+    return did_you_mean(list(dict.fromkeys(close))[:3], "; see `resnets train --help-keys`")
 
 
 def _check_type(key: str, value, annotation):
@@ -247,8 +248,8 @@ def _field_names(section) -> set[str]:
 def _set_model_option(cfg: Config, name: str, value) -> None:
     """model.<field> sets a ResNetConfig field (model.shortcut=B, model.zero_init_last=true), which checks it."""
     if name not in ResNetConfig.field_names():
-        close = difflib.get_close_matches(name, ResNetConfig.field_names(), n=3)
-        raise UserError(f"unknown model option {name!r}" + (f"; did you mean {', '.join(close)}?" if close else ""))
+        close = close_matches(name, ResNetConfig.field_names(), cutoff=0.6)
+        raise UserError(f"unknown model option {name!r}{did_you_mean(close)}")
     _check_plain(f"model.{name}", value)
     cfg.model.options[name] = value
 
@@ -296,8 +297,7 @@ def recipe_path(recipe: str) -> Path:
     if packaged.is_file():
         return Path(str(packaged))
     names = list_recipes()
-    close = difflib.get_close_matches(recipe, names, n=3, cutoff=0.5)
-    hint = f"; did you mean {', '.join(close)}?" if close else f"; packaged recipes: {', '.join(names)}"
+    hint = did_you_mean(close_matches(recipe, names), f"; packaged recipes: {', '.join(names)}")
     raise UserError(f"no recipe {recipe!r}{hint}")
 
 

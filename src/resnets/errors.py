@@ -1,4 +1,6 @@
+import difflib
 import re
+from collections.abc import Iterable
 
 ANSI = re.compile(r"\x1b\[[0-9;]*m")  # colour codes, which torch puts in some of its messages
 
@@ -8,6 +10,17 @@ def first_line(e: BaseException, limit: int = 120) -> str:
     has none): the reason in a one-line error."""
     text = ANSI.sub("", str(e)).strip()
     return text.splitlines()[0][:limit] if text else type(e).__name__
+
+
+def close_matches(word: str, choices: Iterable[str], cutoff: float = 0.5) -> list[str]:
+    """Up to three of `choices` that look like `word`, closest first: what a mistyped name probably meant."""
+    return difflib.get_close_matches(word, list(choices), n=3, cutoff=cutoff)
+
+
+def did_you_mean(matches: list[str], otherwise: str = "") -> str:
+    """The end of a one-line error about an unknown name: "; did you mean a, b?" naming `matches` (close_matches'),
+    or `otherwise` (where the names are listed, say) when there are none."""
+    return f"; did you mean {', '.join(matches)}?" if matches else otherwise
 
 
 class UserError(Exception):

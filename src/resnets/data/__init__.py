@@ -5,11 +5,10 @@ from .digits import load_digits
 from .folders import FolderDataset, load_folder, scan_folder
 from .imagenet import ImageNetFolder, lighting
 from .loader import BatchLoader
-from .sources import default_workers, load_eval_set, load_splits, load_train_val
+from .sources import SOURCES, Dataset, default_workers, load_eval_set, load_splits, load_train_val
 
 __all__ = [
-    "ArrayDataset", "BatchLoader", "FolderDataset", "ImageNetFolder", "default_workers", "lighting", "load_cifar",
-    "load_digits", "load_eval_set", "load_folder", "load_splits", "load_train_val", "match_classes",
-    "normalization_stats",
-    "normalize", "pad_crop_flip", "scan_folder", "split_validation",
+    "SOURCES", "ArrayDataset", "BatchLoader", "Dataset", "FolderDataset", "ImageNetFolder", "default_workers",
+    "lighting", "load_cifar", "load_digits", "load_eval_set", "load_folder", "load_splits", "load_train_val",
+    "match_classes", "normalization_stats", "normalize", "pad_crop_flip", "scan_folder", "split_validation",
 ]

@@ -93,6 +93,28 @@ def _read_members(source: Path, wanted: set[str]) -> dict[str, bytes]:
         raise UserError(f"cannot read CIFAR data in {source} ({e}); download the archive again") from None
 
 
+def is_cifar(path: Path) -> bool:
+    """Whether `path` names CIFAR data: an official archive or folder (by name, so that a damaged one gets CIFAR's
+    error), a folder holding one or the batch files, or a tar archive of another name whose first entry lies in
+    an official folder (a renamed download). Any other archive is not CIFAR's."""
+    names = {path.name} | ({p.name for p in path.iterdir()} if path.is_dir() else set())
+    if names & {*CIFAR_ARCHIVES, *CIFAR_FOLDERS, "batches.meta", "meta", "data_batch_1"}:
+        return True
+    top = Path(_first_entry(path)).parts[:1] if path.is_file() else ()  # ("cifar-10-batches-py",) or ()
+    return bool(top) and top[0] in CIFAR_FOLDERS
+
+
+def _first_entry(path: Path) -> str:
+    """The name of a tar archive's first entry, "" if it is not a readable tar archive; only the start of the file
+    is read (and inflated)."""
+    try:
+        with tarfile.open(path) as tar:
+            first = tar.next()
+    except (tarfile.TarError, OSError, EOFError, zlib.error):
+        return ""
+    return first.name if first is not None else ""
+
+
 def _download_cifar(path: Path) -> Path:
     """Fetch the archive `path` asks for (CIFAR-100 if it names it, else CIFAR-10); returns where it lies."""
     from torchvision.datasets.utils import download_url  # only needed on this rare path

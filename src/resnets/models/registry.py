@@ -1,11 +1,10 @@
 """Look networks up by name: the CLI, recipes and tests all go through here."""
 
-import difflib
 import fnmatch
 import re
 from dataclasses import replace
 
-from ..errors import UserError
+from ..errors import UserError, close_matches, did_you_mean
 from .presets import PRESETS
 from .resnet import ResNet, ResNetConfig
 
@@ -21,18 +20,13 @@ def list_models(pattern: str = "*") -> list[str]:
     return sorted((name for name in PRESETS if fnmatch.fnmatch(name, pattern)), key=_natural)
 
 
-def _did_you_mean(word: str, choices) -> str:
-    close = difflib.get_close_matches(word, list(choices), n=3, cutoff=0.5)
-    return f"; did you mean {', '.join(close)}?" if close else ""
-
-
 def model_config(name: str, num_classes: int | None = None, **overrides) -> ResNetConfig:
     if name not in PRESETS:
-        raise UserError(f"unknown model {name!r}{_did_you_mean(name, PRESETS)} (see `resnets summary`)")
+        raise UserError(f"unknown model {name!r}{did_you_mean(close_matches(name, PRESETS))} (see `resnets summary`)")
     fields = ResNetConfig.field_names()
     for key in overrides:
         if key not in fields:
-            raise UserError(f"unknown model option {key!r}{_did_you_mean(key, fields)}")
+            raise UserError(f"unknown model option {key!r}{did_you_mean(close_matches(key, fields))}")
     if num_classes is not None:
         overrides["num_classes"] = num_classes
     return replace(PRESETS[name], **overrides)

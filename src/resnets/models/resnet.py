@@ -1,30 +1,27 @@
 """The one generic ResNet: a frozen config in, a network out."""
 
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, fields
 from typing import Literal
 
 import torch
 from torch import nn
+from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from ..errors import UserError
-from .blocks import ResidualBlock, branch_layers
-
-BLOCKS = ("basic", "bottleneck")
-SHORTCUTS = ("A", "B", "C", "none")
-STEMS = ("imagenet", "cifar")
-EXPANSION = {"basic": 1, "bottleneck": 4}
+from .blocks import BLOCK_TYPES, SHORTCUT_TYPES, STEMS, ResidualBlock
 
 
 @dataclass(frozen=True)
 class ResNetConfig:
     """Everything that defines a network; saved in every checkpoint so it can be rebuilt with no flags."""
 
-    block: Literal["basic", "bottleneck"]
+    # The choices of block, stem and shortcut are the keys of their tables in blocks.py.
+    block: Literal[tuple(BLOCK_TYPES)]
     depths: tuple[int, ...]  # blocks per stage
     widths: tuple[int, ...]  # 3x3 width per stage; a bottleneck stage outputs 4x this
-    stem: Literal["imagenet", "cifar"]  # 7x7/2 conv + 3x3/2 max pool, or one 3x3 conv
+    stem: Literal[tuple(STEMS)]  # 7x7/2 conv + 3x3/2 max pool, or one 3x3 conv
     stem_width: int
-    shortcut: Literal["A", "B", "C", "none"] = "B"  # A zero-pad, B project on shape change, C always project
+    shortcut: Literal[tuple(SHORTCUT_TYPES)] = "B"  # A zero-pad, B project on shape change, C always project
     preact: bool = False  # He et al. 2016 pre-activation blocks ("ResNet v2")
     stride_in_1x1: bool = True  # the paper's bottleneck; False gives torchvision's "v1.5"
     zero_init_last: bool = False  # zero the last BN (last conv if preact) of every residual branch
@@ -40,9 +37,9 @@ class ResNetConfig:
     drop_path: float = 0.0
 
     def __post_init__(self):
-        choices = {"block": BLOCKS, "shortcut": SHORTCUTS, "stem": STEMS}
+        choices = {"block": BLOCK_TYPES, "shortcut": SHORTCUT_TYPES, "stem": STEMS}
         for name, allowed in choices.items():
-            if getattr(self, name) not in allowed:
+            if not isinstance(getattr(self, name), str) or getattr(self, name) not in allowed:  # a list: unhashable
                 raise UserError(f"{name}={getattr(self, name)!r} is not one of {', '.join(allowed)}")
         # Recipes and checkpoints hand us lists; the config is hashable and frozen, so keep tuples.
         for name in ("depths", "widths"):
@@ -64,13 +61,16 @@ class ResNetConfig:
             if not isinstance(p, int | float) or isinstance(p, bool) or not 0 <= p < 1:
                 raise UserError(f"{name} must be a probability in [0, 1), got {p!r}")
             object.__setattr__(self, name, float(p))
-        if self.block == "basic" and (self.groups, self.width_per_group) != (1, 64):
+        grouped = BLOCK_TYPES[self.block].grouped
+        if not grouped and (self.groups, self.width_per_group) != (1, 64):
             # As torchvision's BasicBlock; a Wide ResNet widens basic blocks through `widths`.
-            raise UserError("groups and width_per_group apply to bottleneck blocks; widen basic blocks with widths")
-        if self.block == "bottleneck" and min(self.widths) * self.width_per_group < 64:
+            grouping = ", ".join(name for name, kind in BLOCK_TYPES.items() if kind.grouped)
+            raise UserError(f"groups and width_per_group apply to {grouping} blocks; widen {self.block} blocks "
+                            "with widths")
+        if grouped and min(self.widths) * self.width_per_group < 64:
             raise UserError(f"width_per_group={self.width_per_group} leaves no channel per group in a stage of "
                             f"width {min(self.widths)}")
-        if self.drop_path and self.shortcut == "none":
+        if self.drop_path and not SHORTCUT_TYPES[self.shortcut].residual:
             raise UserError("drop_path drops residual branches; a plain net (shortcut='none') has none")
 
     def to_dict(self) -> dict:
@@ -85,14 +85,12 @@ class ResNet(nn.Module):
     def __init__(self, config: ResNetConfig):
         super().__init__()
         self.config = c = config
-        if c.stem == "imagenet":
-            self.conv1 = nn.Conv2d(c.in_channels, c.stem_width, 7, 2, 3, bias=False)
-        else:
-            self.conv1 = nn.Conv2d(c.in_channels, c.stem_width, 3, 1, 1, bias=False)
+        stem = STEMS[c.stem]
+        self.conv1 = nn.Conv2d(c.in_channels, c.stem_width, stem.kernel, stem.stride, stem.kernel // 2, bias=False)
         # Pre-activation nets leave the stem unnormalised: the first block's BN -> ReLU does it (as timm's ResNetV2).
         self.bn1 = nn.Identity() if c.preact else nn.BatchNorm2d(c.stem_width)
         self.relu = nn.Identity() if c.preact else nn.ReLU(inplace=True)
-        self.maxpool = nn.MaxPool2d(3, 2, 1) if c.stem == "imagenet" else nn.Identity()
+        self.maxpool = nn.MaxPool2d(3, 2, 1) if stem.pool else nn.Identity()
 
         channels = c.stem_width
         self.stage_names = []
@@ -102,7 +100,7 @@ class ResNet(nn.Module):
             for j in range(depth):
                 stride = 2 if i > 0 and j == 0 else 1
                 index += 1
-                layers = branch_layers(c.block, width, stride, c.stride_in_1x1, c.groups, c.width_per_group)
+                layers = BLOCK_TYPES[c.block].branch(c, width, stride)
                 # Huang et al.'s linear decay: survival 1 - drop_path * l / L, from ~1 at the stem to
                 # 1 - drop_path at the last block (their p_L = 0.5 is drop_path = 0.5).
                 block = ResidualBlock(channels, layers, c.shortcut, c.preact, dropout=c.dropout,
@@ -175,7 +173,16 @@ class ResNet(nn.Module):
             module.eval()  # frozen BN normalises with its stored statistics and does not update them
         return self
 
-    def reset_classifier(self, num_classes: int) -> None:
-        """A new, freshly initialised classifier for fine-tuning on `num_classes` classes."""
-        self.fc = nn.Linear(self.num_features, num_classes)
-        self.config = replace(self.config, num_classes=num_classes)
+    def conv_bn_pairs(self) -> list[tuple[nn.Conv2d, nn.Module]]:
+        """(conv, BN) for each convolution whose output a BN normalises directly, in the network's order: the
+        stem's (but for pre-activation nets), then each block's (ResidualBlock.conv_bn_pairs)."""
+        stem = [(self.conv1, self.bn1)] if isinstance(self.bn1, nn.BatchNorm2d) else []
+        return stem + [pair for block in self.blocks() for pair in block.conv_bn_pairs()]
+
+    def fold_batchnorm(self) -> None:
+        """Fold the BNs of conv_bn_pairs (and the projections') into their convolutions, in place; eval mode only.
+        The final BN of pre-activation nets stays: no convolution precedes it."""
+        if isinstance(self.bn1, nn.BatchNorm2d):
+            self.conv1, self.bn1 = fuse_conv_bn_eval(self.conv1, self.bn1), nn.Identity()
+        for block in self.blocks():
+            block.fold_batchnorm()

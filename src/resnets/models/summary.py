@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from . import ResNet, create_model
+from .blocks import STEMS
 
 
 @dataclass
@@ -22,7 +23,7 @@ class Summary:
 
 
 def default_input_size(model: ResNet) -> int:
-    return 224 if model.config.stem == "imagenet" else 32
+    return STEMS[model.config.stem].input_size
 
 
 def summarize(model: ResNet, name: str = "", input_size: int | None = None) -> Summary:

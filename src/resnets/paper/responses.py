@@ -19,15 +19,9 @@ from ..training.run import RunDir, iteration_of
 
 def three_by_three_bns(model) -> list[torch.nn.Module]:
     """The BN after every 3x3 convolution, in the network's order (the stem's first when it is 3x3)."""
-    bns = [model.bn1] if model.conv1.kernel_size == (3, 3) and isinstance(model.bn1, torch.nn.BatchNorm2d) else []
-    for block in model.blocks():
-        if block.preact:
-            raise UserError("layer responses are defined for post-activation nets (BN after each conv)")
-        for i in range(1, block.depth + 1):
-            conv, bn = block.layer(i)
-            if conv.kernel_size == (3, 3):
-                bns.append(bn)
-    return bns
+    if model.config.preact:
+        raise UserError("layer responses are defined for post-activation nets (BN after each conv)")
+    return [bn for conv, bn in model.conv_bn_pairs() if conv.kernel_size == (3, 3)]
 
 
 @torch.no_grad()

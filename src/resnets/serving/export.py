@@ -14,6 +14,8 @@ of 3 random images, and renamed into place only if the logits agree within `TOLE
 """
 
 import json
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -26,7 +28,9 @@ from .preprocessing import Preprocessing
 from .weights import FORMAT, STATS, load_model
 
 TOLERANCE = 1e-4  # max abs difference on logits between an export and PyTorch fp32 (see export())
-EXTENSIONS = {"onnx": ".onnx", "pt2": ".pt2", "safetensors": ".safetensors"}
+# Formats once offered, or asked for, that are refused with the reason and what to use instead.
+RETIRED = {"torchscript": "TorchScript is deprecated in torch 2.14 (torch.jit warns on every call); use --format pt2 "
+                          "(torch.export, loaded with torch.export.load)"}
 
 
 def export(source: str | Path, out: str | Path, format: str | None = None, tolerance: float = TOLERANCE) -> dict:
@@ -38,14 +42,13 @@ def export(source: str | Path, out: str | Path, format: str | None = None, toler
     leaves nothing at `out` if it is exceeded.
     """
     out = Path(out)
-    format = format or next((f for f, ext in EXTENSIONS.items() if out.suffix == ext), None)
-    if format == "torchscript":
-        raise UserError("TorchScript is deprecated in torch 2.14 (torch.jit warns on every call); "
-                        "use --format pt2 (torch.export, loaded with torch.export.load)")
-    if format not in EXTENSIONS:
-        raise UserError(f"say --format {' or '.join(EXTENSIONS)} (or give --out one of their extensions)")
+    format = format or next((name for name, f in FORMATS.items() if out.suffix == f.extension), None)
+    if format in RETIRED:
+        raise UserError(RETIRED[format])
+    if format not in FORMATS:
+        raise UserError(f"say --format {' or '.join(FORMATS)} (or give --out one of their extensions)")
     model, info = load_model(source)
-    save, run = WRITERS[format]
+    save, run = FORMATS[format].save, FORMATS[format].run
     x = _check_images(info["preprocessing"])
     with torch.no_grad():
         expected = model(x)
@@ -139,5 +142,18 @@ def _run_safetensors(path: str, x: torch.Tensor) -> torch.Tensor:
         return model(x)
 
 
-WRITERS = {"onnx": (_save_onnx, _run_onnx), "pt2": (_save_pt2, _run_pt2),
-           "safetensors": (_save_safetensors, _run_safetensors)}
+@dataclass(frozen=True)
+class Format:
+    """An export format: a new one is a writer, a reader that runs the file back, and one entry in FORMATS."""
+
+    extension: str  # of --out, which picks the format when --format is not given
+    save: Callable[[ResNet, dict, str], None]  # (model, info as load_model gives it, path)
+    run: Callable[[str, torch.Tensor], torch.Tensor]  # (path, normalised images) -> logits, by the format's runtime
+    checker: str  # what `run` runs the file in, as `resnets export` names it
+
+
+FORMATS = {
+    "onnx": Format(".onnx", _save_onnx, _run_onnx, "onnxruntime"),
+    "pt2": Format(".pt2", _save_pt2, _run_pt2, "torch.export.load"),
+    "safetensors": Format(".safetensors", _save_safetensors, _run_safetensors, "resnets.load_model"),
+}

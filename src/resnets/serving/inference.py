@@ -19,23 +19,23 @@ The compiled modes compile on the first call (tens of seconds to minutes on a sm
 shape compiles again, so warm them up with the batch size they will serve. Preparing an int8 predictor runs
 torch.export, which clears torch.compile's caches: predictors compiled before it compile again on their next
 call, so in a process that serves several, prepare them all before the first call.
+
+MODES is the table of modes (`prepare` and `resnets predict --mode` take their names from it).
 """
 
 import contextlib
 import copy
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from typing import Literal
 
 import torch
 from torch import nn
-from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from ..errors import UserError
 from ..models.resnet import ResNet
 from ..runtime import use_bf16
 
-Mode = Literal["fp32", "folded", "bf16", "compiled", "int8"]
-MODES: tuple[str, ...] = ("fp32", "folded", "bf16", "compiled", "int8")
 # Inductor options for CPU inference. Freezing turns parameters into constants so the convolutions' weights
 # are packed for oneDNN once, at compile time, instead of being reordered on every call. The size, scalar and
 # alignment asserts are Inductor's checks of its own generated code: two Python calls per kernel on every call
@@ -49,39 +49,17 @@ COMPILE_OPTIONS = {"freezing": True, "size_asserts": False, "scalar_asserts": Fa
 KEEP_FLOAT = ("fc",)
 
 
-def _fold(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> nn.Conv2d:
-    # fuse_conv_bn_eval computes w * gamma / sqrt(var + eps) and (b - mean) * gamma / sqrt(var + eps) + beta.
-    return fuse_conv_bn_eval(conv, bn)
-
-
 def fold_batchnorm(model: ResNet) -> ResNet:
     """A copy of `model` in eval mode with every BatchNorm that follows a convolution folded into it.
 
-    Folded: the stem (conv1 -> bn1); in post-activation blocks every conv{i} -> bn{i} pair and the projection
-    Sequential(Conv2d, BatchNorm2d); in pre-activation blocks (BN -> ReLU -> conv) bn{i+1}, which normalises
-    conv{i}'s output, into conv{i}. Left alone, because no convolution directly precedes them: a
-    pre-activation block's bn1 (it normalises the sum of the previous block, which the identity shortcut
-    also carries unnormalised) and the final BN of pre-activation nets. Folded BNs become nn.Identity, so
-    the blocks' forward passes are unchanged (they look layers up by name).
+    Folded: the stem's BN, each BN that normalises a convolution's output in a block (ResidualBlock.conv_bn_pairs)
+    and the BN of post-activation projections. Left alone, because no convolution directly precedes them: a
+    pre-activation block's bn1 (it normalises the sum of the previous block, which the identity shortcut also
+    carries unnormalised) and the final BN of pre-activation nets. Folded BNs become nn.Identity, so the forward
+    passes are unchanged.
     """
     model = copy.deepcopy(model).eval()
-    if isinstance(model.bn1, nn.BatchNorm2d):
-        model.conv1, model.bn1 = _fold(model.conv1, model.bn1), nn.Identity()
-    for block in model.blocks():
-        if block.preact:
-            for i in range(1, block.depth):  # bn{i+1} follows conv{i}, with nothing in between
-                conv, _ = block.layer(i)
-                _, bn = block.layer(i + 1)
-                setattr(block, f"conv{i}", _fold(conv, bn))
-                setattr(block, f"bn{i + 1}", nn.Identity())
-        else:
-            for i in range(1, block.depth + 1):
-                conv, bn = block.layer(i)
-                setattr(block, f"conv{i}", _fold(conv, bn))
-                setattr(block, f"bn{i}", nn.Identity())
-        ds = block.downsample
-        if isinstance(ds, nn.Sequential) and len(ds) == 2 and isinstance(ds[1], nn.BatchNorm2d):
-            block.downsample = _fold(ds[0], ds[1])
+    model.fold_batchnorm()
     return model
 
 
@@ -183,6 +161,51 @@ def auto_mode(device: torch.device) -> str:
     return "bf16" if use_bf16("auto", device) else "folded"
 
 
+# What each mode runs, from (model, calibration, keep_float); the model itself is never changed.
+
+def _as_trained(model: ResNet, calibration, keep_float) -> nn.Module:
+    return copy.deepcopy(model).eval()
+
+
+def _folded(model: ResNet, calibration, keep_float) -> nn.Module:
+    return fold_batchnorm(model)
+
+
+def _folded_bf16(model: ResNet, calibration, keep_float) -> nn.Module:
+    return _bf16_channels_last(fold_batchnorm(model))
+
+
+def _folded_bf16_converting(model: ResNet, calibration, keep_float) -> nn.Module:
+    return _ConvertInput(_folded_bf16(model, calibration, keep_float))
+
+
+@dataclass(frozen=True)
+class InferenceMode:
+    """A way to serve a network: a new one is a function giving the module to run and one entry in MODES."""
+
+    module: Callable[[ResNet, list | None, Iterable[str]], Callable]  # (model, calibration, keep_float)
+    bf16: bool = False  # the eager input conversion: to bf16 and channels_last (compiled modes convert inside)
+    compiled: bool = False  # torch.compile'd with COMPILE_OPTIONS (on the first call of each input shape)
+    calibrated: bool = False  # needs calibration batches: not for `resnets predict`, which has only the network
+
+
+MODES = {
+    "fp32": InferenceMode(_as_trained),
+    "folded": InferenceMode(_folded),
+    "bf16": InferenceMode(_folded_bf16, bf16=True),
+    "compiled": InferenceMode(_folded_bf16_converting, compiled=True),
+    # The graph starts by quantizing its fp32 NCHW input; Inductor writes the quantized batch in the
+    # channels_last layout the int8 convolutions need, in the same pass.
+    "int8": InferenceMode(quantize_int8, compiled=True, calibrated=True),
+}
+Mode = Literal[tuple(MODES)]
+
+
+def uncalibrated_modes() -> list[str]:
+    """The modes that need nothing but the network: those a prediction from image files alone can use."""
+    return [name for name, mode in MODES.items() if not mode.calibrated]
+
+
 def prepare(model: ResNet, mode: Mode = "fp32", calibration: Iterable[torch.Tensor] | None = None,
             keep_float: Iterable[str] = KEEP_FLOAT) -> Predictor:
     """`model` (left untouched) ready to serve in `mode`; see the module docstring for what each mode does.
@@ -192,18 +215,9 @@ def prepare(model: ResNet, mode: Mode = "fp32", calibration: Iterable[torch.Tens
     """
     if mode not in MODES:
         raise UserError(f"unknown inference mode {mode!r}; use one of {', '.join(MODES)}")
-    if mode == "fp32":
-        return Predictor(mode, copy.deepcopy(model).eval())
-    if mode == "folded":
-        return Predictor(mode, fold_batchnorm(model))
-    if mode == "bf16":
-        return Predictor(mode, _bf16_channels_last(fold_batchnorm(model)), bf16=True, channels_last=True)
-    if mode == "compiled":
-        module = _ConvertInput(_bf16_channels_last(fold_batchnorm(model)))
-        return Predictor(mode, torch.compile(module), compiled=True)
-    if calibration is None:
-        raise UserError("mode 'int8' needs calibration batches")
-    # The graph starts by quantizing its fp32 NCHW input; Inductor writes the quantized batch in the
-    # channels_last layout the int8 convolutions need, in the same pass.
-    module = quantize_int8(model, calibration, keep_float)
-    return Predictor(mode, torch.compile(module), compiled=True)
+    kind = MODES[mode]
+    if kind.calibrated and calibration is None:
+        raise UserError(f"mode {mode!r} needs calibration batches")
+    module = kind.module(model, calibration, keep_float)
+    return Predictor(mode, torch.compile(module) if kind.compiled else module, bf16=kind.bf16,
+                     channels_last=kind.bf16, compiled=kind.compiled)

@@ -14,7 +14,7 @@ import torch
 from ..data.decode import MAX_PIXELS, ImageError, decode_rgb
 from ..data.folders import IMAGE_EXTENSIONS
 from ..errors import UserError
-from .inference import auto_mode, prepare
+from .inference import MODES, auto_mode, prepare
 from .preprocessing import Preprocessing
 
 
@@ -43,8 +43,9 @@ def predict(model, info: dict, paths: list[Path], top_k: int = 5, batch_size: in
     """
     if top_k < 1 or batch_size < 1:
         raise UserError(f"top-k and batch size must be at least 1, not {top_k} and {batch_size}")
-    if mode == "int8":
-        raise UserError("int8 needs calibration images: use resnets.serving.inference.prepare(model, 'int8', calibration)")
+    if mode in MODES and MODES[mode].calibrated:
+        raise UserError(f"{mode} needs calibration images: use resnets.serving.inference.prepare(model, {mode!r}, "
+                        "calibration)")
     pre, classes = info["preprocessing"], info["classes"]
     device = next(model.parameters()).device
     mode = auto_mode(device) if mode == "auto" else mode
@@ -53,7 +54,7 @@ def predict(model, info: dict, paths: list[Path], top_k: int = 5, batch_size: in
         if images:
             x = pre.normalize(torch.stack(images).to(device))  # (B, C, S, S) float32
             n = len(x)
-            if mode == "compiled" and n < batch_size:  # one input shape, one compilation: pad the last batch
+            if run.compiled and n < batch_size:  # one input shape, one compilation: pad the last batch
                 x = torch.cat([x, x[:1].expand(batch_size - n, *x.shape[1:])])
             top = run(x)[:n].softmax(1).topk(min(top_k, len(classes)), 1)
             found = iter(zip(top.values.tolist(), top.indices.tolist()))

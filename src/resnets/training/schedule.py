@@ -1,13 +1,20 @@
 """Learning-rate schedules as pure functions of the iteration (and, for "plateau", of the evaluations so far,
-which every checkpoint holds), so resuming needs nothing but the checkpoint."""
+which every checkpoint holds), so resuming needs nothing but the checkpoint.
+
+SCHEDULES is the table of kinds (schedule.kind takes its keys): a new kind is one function of (schedule section,
+iteration, evaluations before it) giving the multiplier of the lr after warm-up, and one entry.
+"""
 
 import math
+from collections.abc import Callable, Sequence
 from dataclasses import replace
+from typing import TYPE_CHECKING
 
-from ..config import ScheduleSection
+if TYPE_CHECKING:  # config.py takes schedule.kind's choices from SCHEDULES, so it imports this module
+    from ..config import ScheduleSection
 
 
-def lr_factor(s: ScheduleSection, it: int, history: list[dict] = (), world: int = 1) -> float:
+def lr_factor(s: "ScheduleSection", it: int, history: Sequence[dict] = (), world: int = 1) -> float:
     """Multiplier of the base lr (world x optim.lr) at iteration `it` (0-based).
 
     `history`: the evaluations so far (metrics dicts); "plateau" counts those made before iteration `it`.
@@ -19,17 +26,39 @@ def lr_factor(s: ScheduleSection, it: int, history: list[dict] = (), world: int 
             # The paper's ResNet-110: lr 0.01 until training error is below 80% (~400 iterations), then back to 0.1.
             return start
         return start + (1 - start) * it / s.warmup_iterations
-    if s.kind == "step":
-        return s.gamma ** sum(it >= m for m in s.milestones)
-    if s.kind == "plateau":
-        return s.gamma ** plateaus(s, [m["val_top1_error"] for m in history if m["iteration"] < it])
-    progress = (it - s.warmup_iterations) / max(1, s.iterations - s.warmup_iterations)
-    if s.kind == "cosine":
-        return 0.5 * (1 + math.cos(math.pi * progress))
-    return 1 - progress  # onecycle: (linear warm-up) then linear decay to zero
+    return SCHEDULES[s.kind](s, it, history)
 
 
-def plateaus(s: ScheduleSection, errors: list[float]) -> int:
+def _step(s: "ScheduleSection", it: int, history: Sequence[dict]) -> float:
+    return s.gamma ** sum(it >= m for m in s.milestones)
+
+
+def _plateau(s: "ScheduleSection", it: int, history: Sequence[dict]) -> float:
+    return s.gamma ** plateaus(s, [m["val_top1_error"] for m in history if m["iteration"] < it])
+
+
+def _progress(s: "ScheduleSection", it: int) -> float:
+    """The fraction of the iterations after warm-up done before `it`."""
+    return (it - s.warmup_iterations) / max(1, s.iterations - s.warmup_iterations)
+
+
+def _cosine(s: "ScheduleSection", it: int, history: Sequence[dict]) -> float:
+    return 0.5 * (1 + math.cos(math.pi * _progress(s, it)))
+
+
+def _onecycle(s: "ScheduleSection", it: int, history: Sequence[dict]) -> float:
+    return 1 - _progress(s, it)  # (linear warm-up) then linear decay to zero
+
+
+SCHEDULES: dict[str, Callable[["ScheduleSection", int, Sequence[dict]], float]] = {
+    "step": _step,  # lr x gamma at each of schedule.milestones (the paper's CIFAR: / 10 at 32k and 48k)
+    "plateau": _plateau,  # lr x gamma each time the validation error plateaus (the paper's ImageNet)
+    "cosine": _cosine,  # half a cosine from lr down to zero
+    "onecycle": _onecycle,  # a straight line from lr down to zero
+}
+
+
+def plateaus(s: "ScheduleSection", errors: list[float]) -> int:
     """How often the validation error has plateaued: `patience` evaluations in a row without beating the best
     by more than min_delta, the count starting again after each. The paper divides the lr by 10 "when the error
     plateaus" without saying how that was judged; this is our rule (ReduceLROnPlateau's, counted in evaluations).
@@ -45,7 +74,7 @@ def plateaus(s: ScheduleSection, errors: list[float]) -> int:
     return drops
 
 
-def scheduled_steps(s: ScheduleSection, metrics: list[dict]) -> int | None:
+def scheduled_steps(s: "ScheduleSection", metrics: list[dict]) -> int | None:
     """A run's length in optimizer steps, which its checkpoints and metrics count, from its schedule and its
     metrics lines. With unit "epoch", an evaluation line gives the epoch's length (evaluations fall on whole
     epochs); None before the first one."""
@@ -54,7 +83,7 @@ def scheduled_steps(s: ScheduleSection, metrics: list[dict]) -> int | None:
     return s.iterations * round(metrics[-1]["iteration"] / metrics[-1]["epoch"]) if metrics else None
 
 
-def in_iterations(s: ScheduleSection, per_epoch: int) -> ScheduleSection:
+def in_iterations(s: "ScheduleSection", per_epoch: int) -> "ScheduleSection":
     """`s` with every count in iterations: with unit "epoch", epochs times the iterations of one epoch."""
     if s.unit == "iteration":
         return s
