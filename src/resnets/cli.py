@@ -60,12 +60,13 @@ def cmd_train(args) -> None:
 
 
 def cmd_experiment(args) -> None:
+    from .config import split_override
     from .paper import experiments
 
     out = Path(args.out or f"runs/{args.experiment}")
     family = getattr(args, "family", "cifar10")  # table6 is CIFAR-10's
     val_split = args.val_split if args.val_split is not None else (5000 if family == "cifar10" else 0)
-    overrides = {"data.val_split": val_split, **dict(_split_overrides(args.overrides))}
+    overrides = {"data.val_split": val_split, **dict(map(split_override, args.overrides))}
     common = {"data": args.data, "schedule": args.schedule, "seeds": args.seeds, "overrides": overrides}
     if args.experiment == "degradation":
         depths = args.depths or experiments.DEFAULT_DEPTHS[family]
@@ -78,12 +79,7 @@ def cmd_experiment(args) -> None:
         runs = experiments.shortcut_runs(family, args.network, args.options.split(","), **common)
         title = f"{args.network}: shortcut options {args.options} on {args.data} ({args.schedule} schedule)"
     experiments.execute(runs, out)
-    if args.experiment == "table6":
-        table = experiments.table6(runs, out)
-        text = experiments.table6_markdown(table)
-    else:
-        table = experiments.summarize(runs)
-        text = experiments.markdown(table)
+    table, text = experiments.tabulate(args.experiment, runs, out)
     experiments.write_outputs(args.experiment, runs, out, title, table, text)
     print(text, end="")
     print(f"wrote {out / args.experiment}.md, .json and .png")
@@ -112,12 +108,6 @@ def cmd_report(args) -> None:
         print(f"wrote {args.out}")
     else:
         print(text, end="")
-
-
-def _split_overrides(items: list[str]):
-    from .config import _split
-
-    return [_split(item) for item in items]
 
 
 def cmd_eval(args) -> None:
@@ -210,19 +200,31 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .serving.export import FORMATS, RETIRED  # the choices come from the tables that define them
-    from .serving.inference import uncalibrated_modes
-
     parser = _Parser(prog="resnets", description=__doc__)
     parser.add_argument("--version", action="version", version=f"resnets {__version__} (torch {torch.__version__})")
     jobs = parser.add_subparsers(dest="job", required=True, metavar="JOB")
+    _add_summary(jobs)
+    _add_train(jobs)
+    _add_experiment(jobs)
+    _add_report(jobs)
+    _add_eval(jobs)
+    _add_predict(jobs)
+    _add_embed(jobs)
+    _add_export(jobs)
+    return parser
 
+
+def _add_summary(jobs) -> None:
+    """`resnets summary`."""
     p = jobs.add_parser("summary", help="parameters, multiply-adds and stage shapes of presets")
     p.add_argument("names", nargs="*", metavar="NAME", help="preset names (default: all)")
     p.add_argument("--input-size", type=int, default=None, help="input side in pixels (default 224 / 32)")
     p.add_argument("--json", action="store_true", help="print JSON (one object for one name)")
     p.set_defaults(func=cmd_summary)
 
+
+def _add_train(jobs) -> None:
+    """`resnets train`."""
     p = jobs.add_parser("train", help="train a network with a recipe (default: ResNet-20 on the embedded digits)")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="override recipe keys, e.g. optim.lr=0.05")
     p.add_argument("--recipe", help=f"packaged recipe name or a .toml path (default {DEFAULT_RECIPE})")
@@ -233,6 +235,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--list-recipes", action="store_true", help="list the packaged recipes")
     p.set_defaults(func=cmd_train)
 
+
+def _add_experiment(jobs) -> None:
+    """`resnets experiment degradation | shortcuts | table6 | responses`."""
     p = jobs.add_parser("experiment", help="the paper's experiments: degradation (Figure 6), shortcuts (Table 3), "
                                            "responses (Figure 7)")
     kinds = p.add_subparsers(dest="experiment", required=True, metavar="EXPERIMENT")
@@ -264,10 +269,18 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--out", default="runs/responses", help="where responses.md/.json/.png go")
     e.set_defaults(func=cmd_responses)
 
+
+def _add_report(jobs) -> None:
+    """`resnets report`."""
     p = jobs.add_parser("report", help="measured errors of runs beside the paper's (markdown)")
     p.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run directories, or folders of runs")
     p.add_argument("--out", help="write the markdown here instead of printing it")
     p.set_defaults(func=cmd_report)
+
+
+def _add_eval(jobs) -> None:
+    """`resnets eval`."""
+    from .config import CHOICES
 
     p = jobs.add_parser("eval", help="top-1 / top-5 error of a checkpoint on a dataset")
     p.add_argument("checkpoint", help="a checkpoint, a run directory (its newest checkpoint), a .safetensors export "
@@ -277,7 +290,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="measure the N training images that a run with data.val_split=N held out (the same ones)")
     p.add_argument("--split-seed", type=_at_least(0), default=0, help="with --val-split: data.split_seed of the run")
     p.add_argument("--device", default="auto")
-    p.add_argument("--precision", default="fp32", choices=("auto", "bf16", "fp32"))
+    p.add_argument("--precision", default="fp32", choices=CHOICES["run.precision"])
     p.add_argument("--protocol", default="center", type=_protocols,
                    help="the paper's test protocols, one or several comma-separated: center (resize, centre crop; the "
                         "default), 10crop (4 corners + centre and their mirror images, scores averaged), multiscale "
@@ -286,6 +299,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="multiscale: shorter sides in pixels (default: the paper's 224,256,384,480,640)")
     p.add_argument("--json", action="store_true", help="print one JSON object per protocol")
     p.set_defaults(func=cmd_eval)
+
+
+def _add_predict(jobs) -> None:
+    """`resnets predict`."""
+    from .serving.inference import uncalibrated_modes  # the choices come from the table of modes
 
     p = jobs.add_parser("predict", help="classify image files with a checkpoint or safetensors export")
     p.add_argument("checkpoint", help="a checkpoint, a run directory (its newest checkpoint), a .safetensors export "
@@ -306,6 +324,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto")
     p.set_defaults(func=cmd_predict)
 
+
+def _add_embed(jobs) -> None:
+    """`resnets embed`."""
     p = jobs.add_parser("embed", help="pooled features of image files (the classifier's input), for other tools")
     p.add_argument("checkpoint", help="a checkpoint, a run directory (its newest checkpoint) or a .safetensors export")
     p.add_argument("inputs", nargs="+", metavar="IMAGE_OR_FOLDER", help="image files, or folders searched recursively")
@@ -319,6 +340,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto")
     p.set_defaults(func=cmd_embed)
 
+
+def _add_export(jobs) -> None:
+    """`resnets export`."""
+    from .serving.export import FORMATS, RETIRED  # the choices come from the table of formats
+
     p = jobs.add_parser("export", help="write a checkpoint as ONNX, a torch.export program or safetensors")
     p.add_argument("checkpoint", help="a checkpoint, a run directory (its newest checkpoint), a .safetensors export "
                                       "or packaged weights (resnet20:cifar10)")
@@ -327,7 +353,6 @@ def build_parser() -> argparse.ArgumentParser:
                         f"{', '.join(RETIRED)}: refused, with what to use instead")
     p.add_argument("--out", required=True, help="the file to write")
     p.set_defaults(func=cmd_export)
-    return parser
 
 
 def _protocols(text: str) -> str:

@@ -316,7 +316,7 @@ def load_config(recipe: str | None = None, overrides: list[str] | dict = ()) -> 
         except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
             raise UserError(f"recipe {path} is not valid TOML: {e}") from None
         _apply(cfg, table)
-    items = overrides.items() if isinstance(overrides, dict) else [_split(o) for o in overrides]
+    items = overrides.items() if isinstance(overrides, dict) else [split_override(o) for o in overrides]
     for key, value in items:
         _set(cfg, _resolve_key(key), parse_value(value) if isinstance(value, str) else value)
     cfg.model_config(num_classes=10, in_channels=3)  # fails now, not after loading data, on a bad model option
@@ -361,7 +361,7 @@ def _check_crop(data: DataSection) -> None:
         raise UserError("data.pad is the fixed-size images' augmentation; with data.crop set data.pad=0")
 
 
-def _split(override: str) -> tuple[str, str]:
+def split_override(override: str) -> tuple[str, str]:
     key, sep, value = override.partition("=")
     if not sep or not key:
         raise UserError(f"expected key=value, got {override!r}")

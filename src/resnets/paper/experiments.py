@@ -140,6 +140,15 @@ def markdown(table: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def tabulate(experiment: str, runs: list[Run], out: Path) -> tuple[list[dict], str]:
+    """The experiment's table and its markdown: Table 6's form for table6, a comparison of runs otherwise."""
+    if experiment == "table6":
+        table = table6(runs, out)
+        return table, table6_markdown(table)
+    table = summarize(runs)
+    return table, markdown(table)
+
+
 def table6(runs: list[Run], out: Path) -> list[dict]:
     """Per network of Table 6: the held-out error in the paper's form (best, and mean ± std over seeds) beside the
     paper's figure, its parameters, iterations and training time; and the legs of each of its runs."""
