@@ -25,7 +25,7 @@ from tqdm import tqdm
 
 from .. import distributed, files, runtime
 from ..config import Config, ScheduleSection
-from ..data import BatchLoader, default_workers, lighting, load_train_val, normalization_stats, normalize
+from ..data import BatchLoader, Dataset, default_workers, lighting, load_train_val, normalization_stats, normalize
 from ..errors import UserError
 from ..models import ResNet
 from ..plots import plot_curves
@@ -86,8 +86,8 @@ class Setup:
     bf16: bool
     world: int
     main: bool  # the one process that writes files and prints
-    train_set: object
-    val_set: object
+    train_set: Dataset
+    val_set: Dataset
     workers: int
     model: ResNet
     optimizer: torch.optim.Optimizer
