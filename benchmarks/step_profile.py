@@ -29,8 +29,9 @@ from resnets.training.schedule import in_iterations, lr_factor
 PHASES = ("batch: gather, crop, flip", "normalize, layout", "forward + loss", "backward", "SGD step", "schedule, rest")
 
 
-def build(cfg, train_set, precision: str, layout: str):
-    """(model, optimizer, scheduler, loader, mean, std, bf16) as resnets.training.loop builds them, from the same seed."""
+def build(cfg, train_set, precision: str, layout: str, compiled: bool):
+    """(model, optimizer, scheduler, loader, bf16) as resnets.training.loop builds them, from the same seed; the
+    model under torch.compile (as run.compile=true wraps it) when compiled."""
     torch.manual_seed(cfg.run.seed)
     in_channels, _, _ = train_set.image_shape
     model = ResNet(cfg.model_config(len(train_set.classes), in_channels))
@@ -43,13 +44,14 @@ def build(cfg, train_set, precision: str, layout: str):
     schedule = in_iterations(cfg.schedule, len(loader))
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda it: lr_factor(schedule, it))
     bf16 = runtime.use_bf16(precision, torch.device("cpu"))
-    return model.train(), optimizer, scheduler, loader, bf16
+    model.train()
+    return torch.compile(model) if compiled else model, optimizer, scheduler, loader, bf16
 
 
 def profile(cfg, train_set, mean, std, setting: str, steps: int, warmup: int, ops: bool) -> dict:
     """{phase: seconds per step (median over the steps)} and the images/s of the timed steps."""
-    precision, layout = setting.split("/")
-    model, optimizer, scheduler, loader, bf16 = build(cfg, train_set, precision, layout)
+    precision, layout, *rest = setting.split("/")
+    model, optimizer, scheduler, loader, bf16 = build(cfg, train_set, precision, layout, rest == ["compiled"])
     batches = loader.epoch(0)
     times = {phase: [] for phase in PHASES}
     profiler = torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) if ops else None
@@ -104,7 +106,8 @@ def main() -> None:
     parser.add_argument("--data", required=True, help="the CIFAR-10 root/<class>/<image> training folder")
     parser.add_argument("--network", default="resnet20", help="resnet20 (default), resnet56, ...")
     parser.add_argument("--settings", default="fp32/nchw,fp32/channels_last,bf16/channels_last",
-                        help="comma-separated precision/layout: fp32|bf16 / nchw|channels_last")
+                        help="comma-separated precision/layout[/compiled]: fp32|bf16 / nchw|channels_last, "
+                             "/compiled under torch.compile (compiled in the warm-up steps, not timed)")
     parser.add_argument("--steps", type=int, default=40)
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--rounds", type=int, default=1)

@@ -17,7 +17,10 @@ def torch_threads(n: int):
         torch.set_num_threads(threads)
 
 
-@pytest.fixture
+@pytest.fixture(scope="session", autouse=True)
 def one_thread():
+    """Every test trains in one process of one thread unless it says otherwise: fast on a busy machine, the same
+    sums in every run, and `resnets train` in the test's own process (its auto layout starts two processes when
+    there are two threads; tests of that layout ask for torch_threads(2))."""
     with torch_threads(1):
         yield

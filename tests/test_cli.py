@@ -11,8 +11,6 @@ from resnets.cli import main
 from .fakedata import make_image_folder
 from .test_reliability import tiny_args
 
-pytestmark = pytest.mark.usefixtures("one_thread")
-
 
 def test_version(capsys):
     with pytest.raises(SystemExit) as exit:

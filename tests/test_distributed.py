@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from resnets import runtime
 from resnets.cli import main
 from resnets.config import load_config
 from resnets.errors import UserError
@@ -21,11 +22,10 @@ from resnets.models import ResNet
 from resnets.training.loop import train
 from resnets.training.run import load_checkpoint
 
+from .conftest import torch_threads
 from .ddp_spy import keep_bn_in_eval_mode
 from .fakedata import make_imagenet_folder
 from .test_imagenet import SMALL
-
-pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
 
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run"]
 # torchrun gives each process one thread when it starts several on a machine; one process per "machine" too, so
@@ -41,8 +41,8 @@ def imagenet(tmp_path_factory):
     return make_imagenet_folder(tmp_path_factory.mktemp("imagenet"))
 
 
-def run(command: list, timeout: int = 600) -> str:
-    done = subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=ENV, check=False)
+def run(command: list, timeout: int = 600, env: dict = ENV) -> str:
+    done = subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=env, check=False)
     assert done.returncode == 0, f"{' '.join(map(str, command))} failed:\n{done.stdout}\n{done.stderr[-5000:]}"
     return done.stdout
 
@@ -57,13 +57,16 @@ def weights(path) -> dict:
     return load_checkpoint(path)["model"]
 
 
-def test_two_processes_train_like_one_with_twice_the_batch(imagenet, tmp_path, monkeypatch):
-    """Same steps: identical weights on both ranks, and (BN in eval mode) the weights of 1 process x batch 4."""
+@pytest.mark.parametrize("batch", [
+    ["optim.batch_size=2", "optim.lr=0.005"],  # torchrun's: 2 per process at lr 0.005 is 2 x 2 images at lr 2 x 0.005
+    ["optim.batch_size=4", "optim.lr=0.01", "run.procs=2"],  # what `resnets train` starts: the 4 images shared
+], ids=["batch per process", "run.procs shares the batch"])
+def test_two_processes_train_like_one_with_twice_the_batch(imagenet, tmp_path, monkeypatch, batch):
+    """Same steps: identical weights on both ranks, and (BN in eval mode) the weights of 1 process x batch 4 at lr
+    0.01."""
     two, one, dump = tmp_path / "two", tmp_path / "one", tmp_path / "dump"
-    # Batch 2 per process at lr 0.005 is 2 x 2 images at lr 2 x 0.005: the one-process run's batch 4 at lr 0.01.
     run([*TORCHRUN, "--standalone", "--nproc_per_node=2", SPY, dump, "--bn-eval", "--", "train", "--recipe", RECIPE,
-         *TINY, f"data.path={imagenet}", "optim.batch_size=2", "optim.lr=0.005", "schedule.warmup_iterations=0",
-         "--out", two])
+         *TINY, f"data.path={imagenet}", *batch, "schedule.warmup_iterations=0", "--out", two])
     for n in (1, 2):  # the model each rank evaluated after epochs 1 and 2
         rank0, rank1 = torch.load(dump / f"rank0-{n}.pt"), torch.load(dump / f"rank1-{n}.pt")
         assert all(torch.equal(rank0[k], rank1[k]) for k in rank0)
@@ -80,6 +83,50 @@ def test_two_processes_train_like_one_with_twice_the_batch(imagenet, tmp_path, m
     for key in ("iteration", "lr", "val_top1_error", "val_top5_error"):
         assert [m[key] for m in history[0]] == pytest.approx([m[key] for m in history[1]])
     assert [m["train_loss"] for m in history[0]] == pytest.approx([m["train_loss"] for m in history[1]], rel=1e-4)
+
+
+@pytest.mark.filterwarnings("ignore:skipped unreadable image")
+def test_resnets_train_starts_its_processes_itself_and_resumes_them(imagenet, tmp_path):
+    """Auto with 2 threads, no torchrun: `resnets train` runs itself as the 2 processes (1 thread each) that torchrun
+    starts for the same command with run.procs=2 (the same weights), records the number, and resumes bit-exactly
+    after losing its last checkpoint."""
+    own, launched = tmp_path / "own", tmp_path / "torchrun"
+    command = ["train", "--recipe", RECIPE, *TINY, f"data.path={imagenet}", "optim.batch_size=4"]
+    stdout = run([sys.executable, "-m", "resnets", *command, "--out", own], env={**ENV, "OMP_NUM_THREADS": "2"})
+    assert stdout.startswith("2 processes x 1 thread(s), each taking 2 of each step's 4 images (the paper's two")
+    assert "1 thread(s) x 2 process(es)" in stdout and stdout.count("iter      8/8") == 1
+    run([*TORCHRUN, "--standalone", "--nproc_per_node=2", "-m", "resnets", *command, "run.procs=2", "--out", launched])
+    a, b = weights(own), weights(launched)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert load_checkpoint(own)["world_size"] == 2 and load_config(own / "config.toml").run.procs == 2
+
+    (own / "iter-0000008.pt").unlink()
+    stdout = run([sys.executable, "-m", "resnets", "train", "--resume", own])
+    assert "resuming" in stdout and stdout.count("iter      8/8") == 1
+    c = weights(own)
+    assert all(torch.equal(a[k], c[k]) for k in a)
+
+
+def test_a_mistake_in_the_processes_is_one_line(imagenet, tmp_path, capsys):
+    """The processes' own error, once, without the launcher's report; a batch that does not split is refused
+    before any process starts."""
+    done = subprocess.run([sys.executable, "-m", "resnets", "train", "data.path=/no/such/folder", "run.procs=2",
+                           "--out", tmp_path / "run"], capture_output=True, text=True, env=ENV, check=False)
+    assert done.returncode == 2 and done.stderr == "resnets train: error: data path /no/such/folder does not exist\n"
+    assert main(["train", "optim.batch_size=7", "run.procs=2", "--out", str(tmp_path / "odd")]) == 2
+    assert capsys.readouterr().err == ("resnets train: error: optim.batch_size=7 does not split into run.procs=2 "
+                                       "equal shares\n")
+
+
+def test_auto_picks_two_processes_on_a_cpu_with_two_threads():
+    cpu = torch.device("cpu")
+    with torch_threads(2):
+        assert runtime.training_processes(0, cpu, 128, resume=False)[0] == 2
+        assert runtime.training_processes(0, cpu, 127, resume=False)[0] == 1  # an odd batch does not split
+        assert runtime.training_processes(0, torch.device("cuda"), 128, resume=False)[0] == 1  # torchrun's job
+        assert runtime.training_processes(0, cpu, 128, resume=True)[0] == 1  # a run from before run.procs
+        assert runtime.training_processes(3, cpu, 128, resume=True)[0] == 3
+    assert runtime.training_processes(0, cpu, 128, resume=False)[0] == 1  # one thread (conftest.py)
 
 
 @pytest.fixture(scope="module")

@@ -25,8 +25,6 @@ from resnets.training.run import RunDir, load_checkpoint, save_checkpoint
 from .fakedata import make_image_folder
 from .test_reliability import assert_same_weights, tiny_args, tiny_reference  # noqa: F401 (a fixture)
 
-pytestmark = pytest.mark.usefixtures("one_thread")  # bit-exact against test_reliability's reference, and fast
-
 METRICS = [{"iteration": i, "train_error": 0.5 / i, "val_top1_error": 0.6 / i} for i in (1, 2, 3)]
 # Each writer the project uses, as it calls it, on a file big enough to pass Python's write buffer. (safetensors
 # writes a temp file of its own and renames it onto ours, so a link to /dev/full does not stop it: its case is

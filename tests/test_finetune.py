@@ -58,7 +58,7 @@ def trained(run: Path) -> dict:
     return load_checkpoint(run)["model"]
 
 
-def test_torchvision_weights_start_a_finetuning_run(tmp_path, data, monkeypatch, capsys, one_thread):
+def test_torchvision_weights_start_a_finetuning_run(tmp_path, data, monkeypatch, capsys):
     """A torchvision file (torchvision's own module, random weights) loads: every backbone tensor as in the file at
     step 0, a new 3-class classifier, torchvision's ImageNet statistics."""
     weights = torchvision.models.resnet18().state_dict()
@@ -86,7 +86,7 @@ def test_torchvision_weights_start_a_finetuning_run(tmp_path, data, monkeypatch,
     assert "the weights' own statistics (per-channel" in out
 
 
-def test_our_checkpoint_keeps_its_statistics_unless_asked(tmp_path, data, source, one_thread):
+def test_our_checkpoint_keeps_its_statistics_unless_asked(tmp_path, data, source):
     """The per-pixel mean the source was trained with, not one of the new images; data.stats=data re-estimates."""
     train(finetuning(source, data), tmp_path / "kept")
     assert torch.equal(load_checkpoint(tmp_path / "kept")["preprocessing"]["mean"],
@@ -103,7 +103,7 @@ def test_our_checkpoint_keeps_its_statistics_unless_asked(tmp_path, data, source
     ({"model.name": "plain20"}, "does not fit plain20: they were trained as shortcut='A', this run builds 'none'"),
     ({"model.shortcut": "C"}, "does not fit resnet20: they have no layer1.0.downsample.0.weight"),
 ])
-def test_another_architecture_is_one_line_exit_2(tmp_path, data, source, overrides, message, capsys, one_thread):
+def test_another_architecture_is_one_line_exit_2(tmp_path, data, source, overrides, message, capsys):
     args = [f"{k}={v}" for k, v in {**overrides, "model.init": source, "data.path": data, "data.val_split": 6,
                                       "data.cache_dir": '""', "optim.batch_size": 8}.items()]
     assert main(["train", "--recipe", "finetune/resnet20", *args, "--out", str(tmp_path / "run")]) == 2
@@ -128,7 +128,7 @@ def test_a_wrong_init_fails_before_the_data_is_read(tmp_path, capsys):
     assert capsys.readouterr().err == "resnets train: error: checkpoint /no/such/run does not exist\n"
 
 
-def test_torchvision_shapes_and_stride_are_checked(tmp_path, data, one_thread):
+def test_torchvision_shapes_and_stride_are_checked(tmp_path, data):
     torch.save(torchvision.models.resnet18().state_dict(), tmp_path / "resnet18.pth")
     with pytest.raises(UserError, match=r"their conv1.weight is \(64, 3, 7, 7\), resnet20's \(16, 3, 3, 3\)"):
         train(finetuning(tmp_path / "resnet18.pth", data), tmp_path / "run")
@@ -151,14 +151,13 @@ def test_files_without_bn_step_counters_load(tmp_path):
     assert new == ["fc.weight", "fc.bias"] and torch.equal(model.layer4[1].bn2.running_var, weights["layer4.1.bn2.running_var"])
 
 
-def test_a_per_pixel_mean_needs_images_of_its_size(tmp_path, data, source, one_thread):
+def test_a_per_pixel_mean_needs_images_of_its_size(tmp_path, data, source):
     with pytest.raises(UserError, match=r"per-pixel mean of 32x32 images, and this data gives 16x16.*data.stats=data"):
         train(finetuning(source, data, **{"data.image_size": 16}), tmp_path / "run")
 
 
 @pytest.mark.parametrize("stages", [1, 3])
-def test_freeze_leaves_frozen_weights_and_bn_statistics_bit_identical(tmp_path, data, source, stages, capsys,
-                                                                       one_thread):
+def test_freeze_leaves_frozen_weights_and_bn_statistics_bit_identical(tmp_path, data, source, stages, capsys):
     train(finetuning(source, data, **{"model.freeze": stages}), tmp_path / "run")
     before, after = trained(source), trained(tmp_path / "run")
     frozen = ("conv1.", "bn1.", *(f"layer{i}." for i in range(1, stages + 1)))
@@ -171,7 +170,7 @@ def test_freeze_leaves_frozen_weights_and_bn_statistics_bit_identical(tmp_path, 
     assert f"model.freeze={stages}: stem and layer1" in capsys.readouterr().out
 
 
-def test_the_backbone_learns_at_a_fraction_of_the_lr(tmp_path, data, source, one_thread):
+def test_the_backbone_learns_at_a_fraction_of_the_lr(tmp_path, data, source):
     train(finetuning(source, data, **{"optim.backbone_lr_factor": 0.1}), tmp_path / "run")
     ckpt = load_checkpoint(tmp_path / "run")
     groups = ckpt["optimizer"]["param_groups"]
@@ -181,7 +180,7 @@ def test_the_backbone_learns_at_a_fraction_of_the_lr(tmp_path, data, source, one
     assert groups[0]["lr"] == pytest.approx(0.1 * groups[1]["lr"])
 
 
-def test_finetuning_resumes_bit_exactly_without_the_init(tmp_path, data, source, one_thread):
+def test_finetuning_resumes_bit_exactly_without_the_init(tmp_path, data, source):
     """Resuming needs only the run's own checkpoint: the weights it started from may be gone."""
     reference = tmp_path / "reference"
     train(finetuning(source, data, **{"model.freeze": 1}), reference)
@@ -199,7 +198,7 @@ def test_finetuning_resumes_bit_exactly_without_the_init(tmp_path, data, source,
     assert [m["val_loss"] for m in a["history"]] == [m["val_loss"] for m in b["history"]]
 
 
-def test_checkpoints_from_before_finetuning_still_resume(tmp_path, one_thread):
+def test_checkpoints_from_before_finetuning_still_resume(tmp_path):
     """A run written before the fine-tuning keys existed: its config.toml and checkpoints lack them."""
     from .test_train import tiny
 
@@ -250,7 +249,7 @@ def test_embed_gives_the_pooled_features_of_forward_features(tmp_path, source, c
         main(["embed", str(source), str(images)])
 
 
-def test_the_readme_example_runs_and_its_figure_is_in_docs(tmp_path, source, one_thread):
+def test_the_readme_example_runs_and_its_figure_is_in_docs(tmp_path, source):
     """The README's command at a fraction of its size (20 + 20 images per task, 2 steps per run) makes the table
     and the picture; docs/ holds the real ones."""
     spec = importlib.util.spec_from_file_location("finetune_example", ROOT / "benchmarks" / "finetune_example.py")
@@ -272,7 +271,7 @@ def test_the_readme_example_runs_and_its_figure_is_in_docs(tmp_path, source, one
     assert (ROOT / "docs" / "results" / "finetune_example.png").is_file()
 
 
-def test_shipped_weights_start_a_finetuning_run(tmp_path, data, one_thread):
+def test_shipped_weights_start_a_finetuning_run(tmp_path, data):
     """model.init=resnet20:cifar10: the packaged network under a new 3-class classifier; with every stage frozen its
     backbone, BN statistics included, ends as shipped, and the run normalises with the shipped per-pixel mean."""
     run = tmp_path / "run"

@@ -92,7 +92,7 @@ def held_out(root: Path, entry, n: int) -> list[tuple[Path, str]]:
 
 
 @pytest.mark.parametrize("name", SHIPPED)
-def test_packaged_weights_classify_held_out_images(name, cifar10_jpg, capsys, one_thread):
+def test_packaged_weights_classify_held_out_images(name, cifar10_jpg, capsys):
     entry = pretrained.PRETRAINED[name]
     images = held_out(cifar10_jpg, entry, 50)
     assert main(["predict", "--model", name, *(str(p) for p, _ in images), "--json", "--top-k", "1"]) == 0
@@ -103,7 +103,7 @@ def test_packaged_weights_classify_held_out_images(name, cifar10_jpg, capsys, on
 
 
 @pytest.mark.parametrize("name", SHIPPED)
-def test_stated_held_out_error_is_what_eval_computes(name, cifar10_jpg, capsys, one_thread):
+def test_stated_held_out_error_is_what_eval_computes(name, cifar10_jpg, capsys):
     entry = pretrained.PRETRAINED[name]
     assert main(["eval", name, "--data", str(cifar10_jpg), "--val-split", str(entry.val_split),
                  "--split-seed", str(entry.split_seed), "--json"]) in (0, None)

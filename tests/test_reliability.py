@@ -60,9 +60,6 @@ def tiny_args(**overrides) -> list[str]:
 RUN = cli_args({**NET, "schedule.iterations": 40, "run.eval_every": 2})
 
 
-pytestmark = pytest.mark.usefixtures("one_thread")  # as the child processes run (conftest.py)
-
-
 @pytest.fixture(scope="module")
 def tiny_reference(tmp_path_factory):
     """The weights after an uninterrupted tiny() run: what every run that was disturbed must end with."""

@@ -8,7 +8,6 @@ import sys
 import warnings
 
 import numpy as np
-import pytest
 from PIL import Image
 
 from resnets.cli import main
@@ -19,7 +18,6 @@ from .test_reliability import tiny_args
 
 # Class names that, printed raw, colour the terminal, set its title, rewrite the line or print a fake result line.
 HOSTILE = ["\x1b[31mred\x1b[0m", "two\nfake.png: 7 1.000", "\x1b]0;title\x07", "back\rspace"]
-pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_shown_escapes_what_is_not_printable_and_keeps_the_rest():

@@ -286,7 +286,7 @@ def test_eval_matches_class_folders_by_name(tmp_path, capsys):
     assert "zebra" in capsys.readouterr().err
 
 
-def test_eval_val_split_scores_the_images_the_run_held_out(tmp_path, capsys, one_thread):
+def test_eval_val_split_scores_the_images_the_run_held_out(tmp_path, capsys):
     root = make_image_folder(tmp_path / "folder", classes=3, per_class=10, size=32)
     cfg = load_config(None, {"data.path": str(root), "data.val_split": 9, "data.split_seed": 5, "model.name": "resnet20",
                              "schedule.iterations": 4, "run.eval_every": 4, "optim.batch_size": 8,

@@ -2,6 +2,7 @@
 
 import argparse
 import json
+import os
 import sys
 import time
 import traceback
@@ -10,7 +11,7 @@ from pathlib import Path
 import torch
 
 from . import __version__
-from .errors import UserError
+from .errors import UserError, first_line
 from .terminal import plain, shown
 
 DEFAULT_RECIPE = "digits/resnet20"  # the embedded default: trains anywhere, no download
@@ -35,9 +36,8 @@ def cmd_summary(args) -> None:
         print(markdown_table(summaries))
 
 
-def cmd_train(args) -> None:
+def cmd_train(args) -> int | None:
     from .config import help_keys, list_recipes, load_config
-    from .training.loop import train
     from .training.run import RunDir
 
     if args.help_keys:  # the values this command would train with, not the dataclasses' defaults
@@ -51,12 +51,32 @@ def cmd_train(args) -> None:
         cfg = run.config(args.overrides)
         if args.recipe:
             raise UserError("--resume continues a run with its own config.toml; drop --recipe")
-        train(cfg, run.path, resume=True)
-        return
+        return _train_in_processes(args, cfg, run.path, resume=True)
     recipe = args.recipe or DEFAULT_RECIPE
     cfg = load_config(recipe, args.overrides)
     run_dir = Path(args.out) if args.out else Path("runs") / f"{Path(recipe).stem}-{time.strftime('%Y%m%d-%H%M%S')}"
-    train(cfg, run_dir)
+    return _train_in_processes(args, cfg, run_dir, resume=False)
+
+
+def _train_in_processes(args, cfg, run_dir: Path, resume: bool) -> int | None:
+    """Train in this process, or run this same command as run.procs processes of one run (auto: the paper's two
+    workers on a multi-core CPU; runtime.training_processes), splitting this process's threads between them."""
+    from . import distributed, runtime
+    from .training.loop import batch_share, train
+
+    device = runtime.pick_device(cfg.run.device)
+    procs, why = runtime.training_processes(cfg.run.procs, device, cfg.optim.batch_size, resume)
+    if procs == 1 or distributed.launched():
+        train(cfg, run_dir, resume=resume)
+        return None
+    batch_share(cfg, procs)  # a batch that does not split: said once, here
+    threads = max(1, torch.get_num_threads() // procs)
+    print(f"{procs} processes x {threads} thread(s), each taking {cfg.optim.batch_size // procs} of each step's "
+          f"{cfg.optim.batch_size} images ({why})")
+    choice = [] if resume or cfg.run.procs else [f"run.procs={procs}"]  # a new run records the number chosen
+    where = ["--resume", str(run_dir)] if resume else ["--recipe", args.recipe or DEFAULT_RECIPE, "--out", str(run_dir)]
+    command = ["--debug"] * getattr(args, "debug", False) + ["train", *args.overrides, *choice, *where]
+    return distributed.launch_here(procs, threads, command)
 
 
 def cmd_experiment(args) -> None:
@@ -405,11 +425,19 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as e:
         if debug:
             traceback.print_exc()
-        print(f"resnets {args.job}: error: {shown(e)}", file=sys.stderr)  # it may quote names read from files
+        if distributed.lead():  # every process of a run meets the same mistake; one says so
+            print(f"resnets {args.job}: error: {shown(e)}", file=sys.stderr)  # it may quote names read from files
         return e.exit_status  # 2: the command's mistake, 1: the machine's (errors.EnvironmentFailure)
     except KeyboardInterrupt:
-        print(f"resnets {args.job}: interrupted", file=sys.stderr)
+        if distributed.lead():
+            print(f"resnets {args.job}: interrupted", file=sys.stderr)
         return 130
+    except Exception as e:  # the other processes of a run, whose lead says why it stopped
+        if distributed.lead() or debug:
+            raise
+        print(f"resnets {args.job}: process {os.environ['RANK']} stopped with the run: {first_line(e)}",
+              file=sys.stderr)
+        return 1
     finally:
         distributed.shutdown()  # leaves torchrun's process group, if this process joined one
     return status

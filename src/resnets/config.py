@@ -51,8 +51,8 @@ class DataSection:
 
 @dataclass
 class OptimSection:
-    # Per process: under torchrun, N processes take N x batch_size images per step, and the lr used is N x lr
-    # (the linear scaling rule, Goyal et al. 2017); with one process both are as written.
+    # Per step. Under torchrun, N processes take N x batch_size images per step, and the lr used is N x lr (the
+    # linear scaling rule, Goyal et al. 2017); the run.procs processes of one `resnets train` share batch_size.
     batch_size: int = 128
     lr: float = 0.1  # for batch_size images per step
     momentum: float = 0.9
@@ -93,6 +93,10 @@ class RunSection:
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     precision: str = "auto"  # auto (bf16 where the hardware has it) | bf16 | fp32
     channels_last: bool = True
+    # Processes `resnets train` starts on this machine, sharing each step's batch_size images (gradients averaged,
+    # BN statistics per process, as on the paper's two GPUs): 0 = auto, 2 on a CPU with 2+ threads, else 1.
+    # A new run records the number chosen; 0 in a run's config.toml means one process (runtime.training_processes).
+    procs: int = 0
     compile: bool = False  # measured: torch.compile slows CPU training of these nets (benchmarks/train_speed.py)
     keep_checkpoints: int = 2  # the newest N; at least 1, the one a resume starts from
     sync_bn: bool = False  # torchrun on GPUs: BN statistics over all processes' images (nn.SyncBatchNorm)
@@ -144,7 +148,7 @@ CHOICES = {
 RANGES = {
     "data.val_split": "[0, inf)", "data.pad": "[0, 65536]", "data.image_size": "[0, 65536]",
     "data.workers": "[0, 1024]", "data.crop": "[0, 65536]", "data.scale": "[1, 65536]", "data.resize": "[0, 65536]",
-    "data.lighting": "[0, inf)", "model.freeze": "[0, 65536]",
+    "data.lighting": "[0, inf)", "model.freeze": "[0, 65536]", "run.procs": "[0, 1024]",
     "optim.batch_size": "[1, inf)", "optim.lr": "(0, inf)", "optim.momentum": "[0, 1)",
     "optim.weight_decay": "[0, inf)", "optim.label_smoothing": "[0, 1)",
     "optim.backbone_lr_factor": "(0, 1]",

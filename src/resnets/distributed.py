@@ -1,4 +1,4 @@
-"""Many processes (GPUs, machines) as one run, when launched by torchrun.
+"""Many processes (GPUs, machines) as one run, when launched by torchrun or by `launch_here`.
 
 torchrun starts one process per GPU and tells each in environment variables its RANK among WORLD_SIZE processes,
 its LOCAL_RANK on its machine and where to meet the others. `setup` joins them (NCCL between GPUs, gloo between
@@ -6,6 +6,7 @@ CPUs); everything else asks `rank()` and `world_size()`, which say 0 and 1 for a
 the collectives below do nothing. Only rank 0 writes files and prints; every rank computes.
 """
 
+import logging
 import os
 
 import torch
@@ -17,7 +18,12 @@ from .errors import UserError
 
 def launched() -> bool:
     """Whether torchrun started this process as one of several."""
-    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+    return planned_world() > 1
+
+
+def planned_world() -> int:
+    """How many processes torchrun started for this run (1 without it), known before they meet."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
 
 
 def setup(device: torch.device) -> torch.device:
@@ -38,6 +44,12 @@ def setup(device: torch.device) -> torch.device:
 def shutdown() -> None:
     if dist.is_initialized():
         dist.destroy_process_group()
+
+
+def lead() -> bool:
+    """Whether this process speaks for its run: the only one, or rank 0 of torchrun's (from its environment, so
+    before the processes have met)."""
+    return int(os.environ.get("RANK", "0")) == 0
 
 
 def rank() -> int:
@@ -86,3 +98,30 @@ def sync_batchnorm(model: nn.Module, device: torch.device) -> nn.Module:
     if device.type != "cuda":
         raise UserError("run.sync_bn=true needs GPUs: PyTorch's SyncBatchNorm runs on CUDA devices only")
     return nn.SyncBatchNorm.convert_sync_batchnorm(model)
+
+
+def launch_here(procs: int, threads: int, argv: list[str]) -> int:
+    """`resnets ARGV` as `procs` processes of one run on this machine (what `torchrun --standalone` does), each
+    with `threads` threads; returns the exit status of the first that failed, else 0. The processes print their
+    own errors, so the launcher's logs and its report of a failed child (a traceback) are kept quiet."""
+    from torch.distributed.elastic.multiprocessing.api import SignalException
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.run import parse_args, run
+
+    for name in list(logging.root.manager.loggerDict):  # each sets its own level (torch's LOGLEVEL, WARNING)
+        if name.startswith(("torch.distributed.elastic", "torch.distributed.run", "torch.distributed.launcher")):
+            logging.getLogger(name).setLevel(logging.CRITICAL)
+    saved = os.environ.get("OMP_NUM_THREADS")
+    os.environ["OMP_NUM_THREADS"] = str(threads)  # torchrun would give each process one thread and warn
+    try:
+        run(parse_args(["--standalone", f"--nproc_per_node={procs}", "--module", "resnets", *argv]))
+        return 0
+    except ChildFailedError as e:
+        return next((f.exitcode for f in e.failures.values() if f.exitcode), 1)
+    except SignalException:  # Ctrl-C or a kill: the processes were stopped (and said so)
+        return 130
+    finally:
+        if saved is None:
+            os.environ.pop("OMP_NUM_THREADS")
+        else:
+            os.environ["OMP_NUM_THREADS"] = saved

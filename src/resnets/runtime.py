@@ -87,3 +87,20 @@ def use_bf16(precision: str, device: torch.device) -> bool:
 def autocast(device: torch.device, bf16: bool):
     """bf16 autocast on `device` (use_bf16's choice), or nothing."""
     return torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
+
+
+def training_processes(procs: int, device: torch.device, batch_size: int, resume: bool) -> tuple[int, str]:
+    """How many processes `resnets train` runs on this machine (run.procs; 0 = auto), and why.
+
+    Auto is the paper's layout, two workers of half the batch each, with this process's threads split between
+    them, on a CPU with two threads or more: as fast as one process of two threads on an idle CPU and 12 times
+    faster on a busy one, where a process's threads wait for each other at every op while the scheduler runs
+    something else (docs/SPEED.md, benchmarks/train_speed.py). A resumed run keeps its number: 0 in its config
+    means the one process that runs recorded before run.procs existed."""
+    if procs or resume:
+        return max(procs, 1), f"run.procs={procs}"
+    if device.type != "cpu":
+        return 1, "one process per GPU; torchrun starts more"
+    if torch.get_num_threads() < 2 or batch_size % 2:
+        return 1, f"{torch.get_num_threads()} thread(s), batch {batch_size}"
+    return 2, "the paper's two workers; on a busy CPU much faster than one process of 2 threads"

@@ -8,12 +8,12 @@ bit-identical to an uninterrupted run.
 
 Under torchrun (`torchrun --nproc_per_node=N -m resnets train ...`) the same loop runs in every process on its
 share of each step's N x batch_size images, DistributedDataParallel averaging the gradients; only rank 0 writes
-the run directory and prints, and every rank reads the checkpoint when resuming.
+the run directory and prints, and every rank reads the checkpoint when resuming. The run.procs processes that
+`resnets train` starts itself (distributed.launch_here) share the recipe's batch_size images instead.
 """
 
 import contextlib
 import math
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,7 +40,7 @@ def train(cfg: Config, run_dir: str | Path, resume: bool = False) -> dict:
     """Train as `cfg` says, writing into `run_dir` (refused while another run writes there); returns the last
     evaluation's metrics."""
     run = RunDir(run_dir)
-    if int(os.environ.get("RANK", "0")) != 0:  # under torchrun only rank 0 writes, so only it holds the directory
+    if not distributed.lead():  # under torchrun only rank 0 writes, so only it holds the directory
         return _train(cfg, run, resume)
     with run.lock():
         return _train(cfg, run, resume)
@@ -50,6 +50,8 @@ def _train(cfg: Config, run: RunDir, resume: bool) -> dict:
     torch.manual_seed(cfg.run.seed)
     # model.init is read before the data, so that a wrong name fails at once; a resumed run has its own weights.
     init = finetune.read(cfg.model.init) if cfg.model.init and not resume else None
+    if resume and run.is_run():
+        run.check_config(cfg)  # before set_up, whose processes would wait for each other in vain
     s = set_up(cfg)
     state = TrainState(s.model, s.optimizer)
     if resume:
@@ -85,6 +87,7 @@ class Setup:
     device: torch.device
     bf16: bool
     world: int
+    batch_scale: int  # each step takes the recipe's batch_size x this images, at lr x this (torchrun's processes)
     main: bool  # the one process that writes files and prints
     train_set: Dataset
     val_set: Dataset
@@ -103,12 +106,15 @@ class Setup:
 
 def set_up(cfg: Config) -> Setup:
     """The device, the data, the network and its optimizer, as the config says."""
+    # The data and the batch first: a mistake there stops every process alike, before they wait for each other.
+    train_set, val_set = load_train_val(cfg.data)
+    share = batch_share(cfg, distributed.planned_world())
     device = distributed.setup(runtime.pick_device(cfg.run.device))  # under torchrun: this process's GPU, or the CPU
     rank, world = distributed.rank(), distributed.world_size()
+    batch_scale = world // share
     bf16 = runtime.use_bf16(cfg.run.precision, device)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # one batch shape all run long: time cuDNN's algorithms once for it
-    train_set, val_set = load_train_val(cfg.data)
     workers = default_workers(cfg.data.workers)
     model = ResNet(cfg.model_config(len(train_set.classes), train_set.image_shape[0])).to(device)
     model.freeze(cfg.model.freeze)
@@ -117,24 +123,39 @@ def set_up(cfg: Config) -> Setup:
     if cfg.run.channels_last:
         model = model.to(memory_format=torch.channels_last)
     # The paper decays every weight (Caffe's default), BN included; so do we. N processes take N times the
-    # images per step at N times the lr (the linear scaling rule; OptimSection). On a GPU the update is one fused
-    # pass over all the weights (the default, foreach, makes several). Fine-tuning may train the backbone slower.
-    groups = finetune.param_groups(model, cfg.optim.backbone_lr_factor, cfg.optim.lr * world)
-    optimizer = torch.optim.SGD(groups, lr=cfg.optim.lr * world, momentum=cfg.optim.momentum,
+    # images per step at N times the lr (the linear scaling rule; OptimSection); run.procs processes share the
+    # batch. On a GPU the update is one fused pass over all the weights (the default, foreach, makes several).
+    # Fine-tuning may train the backbone slower.
+    groups = finetune.param_groups(model, cfg.optim.backbone_lr_factor, cfg.optim.lr * batch_scale)
+    optimizer = torch.optim.SGD(groups, lr=cfg.optim.lr * batch_scale, momentum=cfg.optim.momentum,
                                 nesterov=cfg.optim.nesterov, weight_decay=cfg.optim.weight_decay,
                                 fused=True if device.type == "cuda" else None)
-    loader = BatchLoader(train_set, cfg.optim.batch_size, shuffle=True, pad=cfg.data.pad, flip=cfg.data.flip,
+    loader = BatchLoader(train_set, cfg.optim.batch_size // share, shuffle=True, pad=cfg.data.pad, flip=cfg.data.flip,
                          scale=cfg.data.scale if cfg.data.crop else None, seed=cfg.run.seed, drop_last=True,
                          workers=workers, rank=rank, world=world, device=device)
     if len(loader) == 0:
-        raise UserError(f"{world} x batch_size {cfg.optim.batch_size} exceeds the {len(train_set)} training images")
+        raise UserError(f"a step of {batch_scale * cfg.optim.batch_size} images (optim.batch_size "
+                        f"{cfg.optim.batch_size}{f' x {batch_scale} processes' if batch_scale > 1 else ''}) exceeds the "
+                        f"{len(train_set)} training images")
     machine = (f"{runtime.describe(device)}: {'bf16 autocast' if bf16 else 'fp32'} "
                f"({runtime.precision_reason(cfg.run.precision, device)}), "
                f"{'channels_last' if cfg.run.channels_last else 'NCHW'}, "
                f"{torch.get_num_threads() if device.type == 'cpu' else 1} thread(s) x {world} process(es)")
-    return Setup(cfg, device, bf16, world, rank == 0, train_set, val_set, workers, model, optimizer,
+    return Setup(cfg, device, bf16, world, batch_scale, rank == 0, train_set, val_set, workers, model, optimizer,
                  [g["lr"] for g in optimizer.param_groups], loader, in_iterations(cfg.schedule, len(loader)),
                  cfg.run.eval_every * (len(loader) if cfg.schedule.unit == "epoch" else 1), machine)
+
+
+def batch_share(cfg: Config, world: int) -> int:
+    """How many of the `world` processes split each step's batch_size images: run.procs (those `resnets train`
+    started itself), or 1 under torchrun, whose processes each take batch_size images."""
+    share = max(1, cfg.run.procs)
+    if share > 1 and share != world:
+        raise UserError(f"run.procs={share} but {world} process(es) run: `resnets train` starts run.procs processes "
+                        f"itself; under torchrun leave run.procs at 0")
+    if cfg.optim.batch_size % share:
+        raise UserError(f"optim.batch_size={cfg.optim.batch_size} does not split into run.procs={share} equal shares")
+    return share
 
 
 def _preprocessing(cfg: Config, s: Setup, init) -> Preprocessing:
@@ -150,8 +171,8 @@ def _preprocessing(cfg: Config, s: Setup, init) -> Preprocessing:
 def _announce(s: Setup, run: RunDir) -> None:
     cfg, world = s.cfg, s.world
     print(f"training {cfg.model.name} on {len(s.train_set)} images ({len(s.train_set.classes)} classes), validating "
-          f"on {len(s.val_set)}; {s.schedule.iterations} iterations of {cfg.optim.batch_size}"
-          f"{f' x {world} processes' if world > 1 else ''}; run directory {run}\n{s.machine}")
+          f"on {len(s.val_set)}; {s.schedule.iterations} iterations of {cfg.optim.batch_size * s.batch_scale}"
+          f"{f' ({world} processes x {s.loader.batch_size})' if world > 1 else ''}; run directory {run}\n{s.machine}")
     if s.model.frozen_stages:
         print(finetune.frozen(s.model))
 
@@ -159,7 +180,7 @@ def _announce(s: Setup, run: RunDir) -> None:
 def lr_at(s: Setup, iteration: int, history: list[dict]) -> list[float]:
     """Each parameter group's lr for step `iteration` (0-based): its lr at factor 1 times the schedule's factor.
     `history` (the evaluations so far) matters to the plateau schedule alone."""
-    factor = lr_factor(s.schedule, iteration, history, s.world)
+    factor = lr_factor(s.schedule, iteration, history, s.batch_scale)
     return [base_lr * factor for base_lr in s.base_lrs]
 
 

@@ -269,9 +269,7 @@ class TrainState:
 
     def resume(self, run: RunDir, cfg: Config, world: int) -> None:
         """From the newest usable checkpoint of `run`, falling back past damaged or foreign ones; from iteration 0
-        if the run stopped before its first."""
-        if run.is_run():
-            run.check_config(cfg)
+        if the run stopped before its first. The caller has checked `cfg` against the run's config.toml."""
         found = run.checkpoints()
         if not found:
             print(f"{run} holds no checkpoint yet; starting from iteration 0")

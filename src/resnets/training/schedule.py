@@ -14,14 +14,15 @@ if TYPE_CHECKING:  # config.py takes schedule.kind's choices from SCHEDULES, so 
     from ..config import ScheduleSection
 
 
-def lr_factor(s: "ScheduleSection", it: int, history: Sequence[dict] = (), world: int = 1) -> float:
-    """Multiplier of the base lr (world x optim.lr) at iteration `it` (0-based).
+def lr_factor(s: "ScheduleSection", it: int, history: Sequence[dict] = (), scale: int = 1) -> float:
+    """Multiplier of the base lr (scale x optim.lr) at iteration `it` (0-based).
 
     `history`: the evaluations so far (metrics dicts); "plateau" counts those made before iteration `it`.
-    `world`: the number of processes; warm-up starts from warmup_factor x the one-process lr.
+    `scale`: each step takes scale x batch_size images (torchrun's processes); warm-up starts from warmup_factor x
+    the lr of one batch_size.
     """
     if it < s.warmup_iterations:
-        start = s.warmup_factor / world
+        start = s.warmup_factor / scale
         if s.warmup == "constant":
             # The paper's ResNet-110: lr 0.01 until training error is below 80% (~400 iterations), then back to 0.1.
             return start
