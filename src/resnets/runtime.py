@@ -101,6 +101,8 @@ def training_processes(procs: int, device: torch.device, batch_size: int, resume
         return max(procs, 1), f"run.procs={procs}"
     if device.type != "cpu":
         return 1, "one process per GPU; torchrun starts more"
+    if not torch.distributed.is_available():
+        return 1, "this PyTorch has no torch.distributed"
     if torch.get_num_threads() < 2 or batch_size % 2:
         return 1, f"{torch.get_num_threads()} thread(s), batch {batch_size}"
     return 2, "the paper's two workers; on a busy CPU much faster than one process of 2 threads"
