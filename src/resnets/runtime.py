@@ -93,7 +93,7 @@ def training_processes(procs: int, device: torch.device, batch_size: int, resume
     """How many processes `resnets train` runs on this machine (run.procs; 0 = auto), and why.
 
     Auto is the paper's layout, two workers of half the batch each, with this process's threads split between
-    them, on a CPU with two threads or more: as fast as one process of two threads on an idle CPU and 12 times
+    them, on a CPU with two threads or more: as fast as one process of two threads on an idle CPU and 13 times
     faster on a busy one, where a process's threads wait for each other at every op while the scheduler runs
     something else (docs/SPEED.md, benchmarks/train_speed.py). A resumed run keeps its number: 0 in its config
     means the one process that runs recorded before run.procs existed."""
