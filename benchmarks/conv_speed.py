@@ -7,7 +7,9 @@ weights and (except for the stem, whose input needs no gradient) the input -- in
 (precision/layout, e.g. bf16/channels_last), on random data. Prints per shape the multiply-accumulates, ms and
 GMAC/s, and per setting the convolutions' ms per step and the images/s a step could reach if everything else
 (batch norm, ReLU, the additions, the loss, SGD, the data) took no time. benchmarks/step_profile.py times the whole
-step on the same terms: the ratio of the two is the share of the step that is convolution.
+step on the same terms: the ratio of the two is the share of the step that is convolution. For scale, each setting
+also times one large square matrix product in its precision: about the most multiply-accumulates per second this
+CPU gives PyTorch with these threads.
 
     OMP_NUM_THREADS=2 python benchmarks/conv_speed.py --settings fp32/channels_last,bf16/channels_last
 """
@@ -71,6 +73,13 @@ def time_shape(shape, setting: str, repeats: int) -> tuple[float, float]:
     return forward, backward
 
 
+def matmul_rate(precision: str, size: int = 2048, repeats: int = 5) -> float:
+    """GMAC/s of a size x size x size matrix product in this precision (the reference the convolutions' GMAC/s
+    can be read against)."""
+    a, b = (torch.randn(size, size, dtype=DTYPES[precision]) for _ in range(2))
+    return size**3 / ms(lambda: a @ b, repeats) / 1e6
+
+
 def macs(shape) -> int:
     """Multiply-accumulates of the forward convolution."""
     (n, _, h, w), (c_out, c_in, k_h, k_w), stride, _, _ = shape
@@ -103,7 +112,8 @@ def main() -> None:
             print(f"| {'x'.join(map(str, shape[0]))} | {'x'.join(map(str, shape[1]))} | {shape[2][0]} | {count} | "
                   f"{macs(shape) / 1e6:.0f} | {forward:.2f} | {backward:.2f} | {rate:.0f} |")
         print(f"\nconvolutions: {total:.1f} ms per step; a step that did nothing else would run at "
-              f"{args.batch / total * 1e3:.0f} images/s")
+              f"{args.batch / total * 1e3:.0f} images/s; a 2048 x 2048 x 2048 matrix product in "
+              f"{setting.split('/')[0]}: {matmul_rate(setting.split('/')[0]):.0f} GMAC/s")
 
 
 if __name__ == "__main__":

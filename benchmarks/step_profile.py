@@ -87,7 +87,7 @@ def profile(cfg, train_set, mean, std, setting: str, steps: int, warmup: int, op
     table = None
     if profiler:
         profiler.stop()
-        table = profiler.key_averages().table(sort_by="self_cpu_time_total", row_limit=10)
+        table = profiler.key_averages().table(sort_by="self_cpu_time_total", row_limit=20)
     return {"phases": {p: median(v) for p, v in times.items()}, "images_per_s": steps * cfg.optim.batch_size / wall,
             "ops": table}
 
@@ -111,11 +111,16 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=40)
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--rounds", type=int, default=1)
+    parser.add_argument("--batch", type=int, default=None,
+                        help="images per step (default: the recipe's 128; 64 is one of the two default workers')")
     parser.add_argument("--ops", action="store_true",
-                        help="also list the ten ops of most self CPU time (the profiler slows the timed steps)")
+                        help="also list the twenty ops of most self CPU time (the profiler slows the timed steps)")
     args = parser.parse_args()
 
-    cfg = load_config(f"cifar10/{args.network}", {"data.path": args.data, "data.val_split": 5000})
+    overrides = {"data.path": args.data, "data.val_split": 5000}
+    if args.batch:
+        overrides["optim.batch_size"] = args.batch
+    cfg = load_config(f"cifar10/{args.network}", overrides)
     train_set, _ = load_train_val(cfg.data)
     mean, std = normalization_stats(train_set.sample(2000), cfg.data.normalize)  # as resnets.training.loop estimates them
     settings = args.settings.split(",")

@@ -97,6 +97,7 @@ class RunSection:
     # BN statistics per process, as on the paper's two GPUs): 0 = auto, 2 on a CPU with 2+ threads, else 1.
     # A new run records the number chosen; 0 in a run's config.toml means one process (runtime.training_processes).
     procs: int = 0
+    keep_memory: bool = True  # glibc's malloc keeps freed memory for the next step (runtime.keep_freed_memory)
     compile: bool = False  # measured: torch.compile slows CPU training of these nets (benchmarks/train_speed.py)
     keep_checkpoints: int = 2  # the newest N; at least 1, the one a resume starts from
     sync_bn: bool = False  # torchrun on GPUs: BN statistics over all processes' images (nn.SyncBatchNorm)

@@ -106,6 +106,7 @@ class Setup:
 
 def set_up(cfg: Config) -> Setup:
     """The device, the data, the network and its optimizer, as the config says."""
+    kept = cfg.run.keep_memory and runtime.keep_freed_memory()
     # The data and the batch first: a mistake there stops every process alike, before they wait for each other.
     train_set, val_set = load_train_val(cfg.data)
     share = batch_share(cfg, distributed.planned_world())
@@ -140,7 +141,8 @@ def set_up(cfg: Config) -> Setup:
     machine = (f"{runtime.describe(device)}: {'bf16 autocast' if bf16 else 'fp32'} "
                f"({runtime.precision_reason(cfg.run.precision, device)}), "
                f"{'channels_last' if cfg.run.channels_last else 'NCHW'}, "
-               f"{torch.get_num_threads() if device.type == 'cpu' else 1} thread(s) x {world} process(es)")
+               f"{torch.get_num_threads() if device.type == 'cpu' else 1} thread(s) x {world} process(es)"
+               f"{', freed memory kept' if kept else ''}")
     return Setup(cfg, device, bf16, world, batch_scale, rank == 0, train_set, val_set, workers, model, optimizer,
                  [g["lr"] for g in optimizer.param_groups], loader, in_iterations(cfg.schedule, len(loader)),
                  cfg.run.eval_every * (len(loader) if cfg.schedule.unit == "epoch" else 1), machine)
