@@ -98,8 +98,8 @@ _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
 def keep_freed_memory() -> bool:
     """Have glibc's malloc keep the memory a training step frees for the next step; False where it cannot (not
     glibc: macOS, musl). By default glibc hands large freed blocks back to the kernel (munmap, heap trimming) and
-    the next step takes them again, every page zero-filled by a page fault: 1,800 faults per step of ResNet-20 at
-    64 images, 14% of its time on an AMD EPYC (docs/SPEED.md). Fixed thresholds keep blocks up to 32 MiB in the
+    the next step takes them again, every page zero-filled by a page fault: thousands of faults per step of
+    ResNet-20, 9% of its images/s on an AMD EPYC (docs/SPEED.md). Fixed thresholds keep blocks up to 32 MiB in the
     heap and the heap's free top up to 1 GiB in the process; a step's memory is the same every step, so the
     process grows no further than its first steps took it."""
     if not sys.platform.startswith("linux"):
