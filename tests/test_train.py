@@ -356,7 +356,7 @@ def test_importing_the_trainer_leaves_matplotlib_alone(tmp_path):
 FAULTS_PER_STEP = """
 import resource, sys, torch, torch.nn.functional as F
 from resnets import create_model, runtime
-if sys.argv[1] == "keep" and not runtime.keep_freed_memory():
+if not runtime.keep_freed_memory():
     sys.exit(3)
 model = create_model("resnet20")
 optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
@@ -378,7 +378,7 @@ def test_kept_memory_ends_the_page_faults_of_every_step():
     """run.keep_memory (on by default): glibc's malloc keeps the blocks a step frees for the next step instead of
     giving them back to the kernel and faulting them in again, page by page (docs/SPEED.md). In a fresh process,
     whose allocator nothing else has tuned yet."""
-    kept = subprocess.run([sys.executable, "-c", FAULTS_PER_STEP, "keep"], capture_output=True, text=True,
+    kept = subprocess.run([sys.executable, "-c", FAULTS_PER_STEP], capture_output=True, text=True,
                           env={**os.environ, "OMP_NUM_THREADS": "1"}, check=False)
     if kept.returncode == 3:
         pytest.skip("the C library is not glibc: there is nothing to keep")
