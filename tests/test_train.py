@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 import resnets.training.loop
+from resnets import runtime
 from resnets.cli import main
 from resnets.config import ScheduleSection, load_config
 from resnets.data import load_digits
@@ -83,6 +84,10 @@ def test_resolved_config_is_a_recipe(tmp_path):
 def test_train_writes_a_complete_run(tmp_path, capsys):
     result = train(tiny(), tmp_path / "run")
     run = tmp_path / "run"
+    # The run says what it picked for this machine, and why.
+    picked = "bf16 autocast (native bf16" if runtime.native_bf16_cpu() else "fp32 (no native bf16 on this CPU)"
+    assert f"{runtime.describe(torch.device('cpu'))}: {picked}" in capsys.readouterr().out
+    assert ("freed memory kept" in (run / "legs.jsonl").read_text()) == runtime.keep_freed_memory()
     lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [m["iteration"] for m in lines] == [8, 16, 24]
     keys = {"iteration", "epoch", "lr", "train_loss", "train_error", "val_loss", "val_top1_error",
@@ -384,3 +389,17 @@ def test_kept_memory_ends_the_page_faults_of_every_step():
         pytest.skip("the C library is not glibc: there is nothing to keep")
     assert kept.returncode == 0, kept.stderr
     assert int(kept.stdout) < 50  # glibc's defaults: 2,000-24,000 per step of this network here
+
+
+def test_an_instruction_set_cap_below_bf16_means_fp32(monkeypatch):
+    """ONEDNN_MAX_CPU_ISA=AVX2 (with ATEN_CPU_CAPABILITY=avx2) makes a newer CPU compute as an AVX2-only one
+    does: bf16 is emulated there, so auto must pick fp32 and say why, whatever /proc/cpuinfo lists."""
+    cpu = torch.device("cpu")
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "avx2")
+    assert not runtime.native_bf16_cpu() and not runtime.use_bf16("auto", cpu)
+    assert runtime.precision_reason("auto", cpu) == "oneDNN capped at AVX2"
+    assert "capped at AVX2" in runtime.describe(cpu)
+    assert runtime.use_bf16("bf16", cpu)  # forcing it still forces it
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "ALL")
+    native = torch.cpu._is_amx_tile_supported() or torch.cpu._is_avx512_bf16_supported()
+    assert runtime.native_bf16_cpu() == native and "capped" not in runtime.describe(cpu)

@@ -43,16 +43,31 @@ def isa_flags() -> list[str]:
     return [flag for flag in ISA_FLAGS if flag in _cpuinfo()[1]]
 
 
+# oneDNN's instruction sets below its first with bf16 dot products (AVX512_CORE_BF16).
+_ONEDNN_ISAS_WITHOUT_BF16 = ("SSE41", "AVX", "AVX2", "AVX2_VNNI", "AVX2_VNNI_2", "AVX512_CORE", "AVX512_CORE_VNNI")
+
+
+def isa_cap() -> str | None:
+    """The instruction set oneDNN is capped at (ONEDNN_MAX_CPU_ISA, or DNNL_MAX_CPU_ISA), if any, e.g. "AVX2".
+    Capping it (with ATEN_CPU_CAPABILITY for PyTorch's own kernels) stands in for an older CPU on a newer one."""
+    cap = os.environ.get("ONEDNN_MAX_CPU_ISA") or os.environ.get("DNNL_MAX_CPU_ISA")
+    return cap.upper() if cap and cap.upper() != "ALL" else None
+
+
 def describe(device: torch.device | None = None) -> str:
     """e.g. "AMD EPYC (avx2 avx512f avx512_bf16), 2 cores" or "NVIDIA H100 80GB HBM3"."""
     if device is not None and device.type == "cuda":
         return torch.cuda.get_device_name(device)
     flags = " ".join(isa_flags()) or "no avx2"
-    return f"{cpu_model()} ({flags}), {os.cpu_count()} cores"
+    cap = f", capped at {isa_cap()}" if isa_cap() else ""
+    return f"{cpu_model()} ({flags}{cap}), {os.cpu_count()} cores"
 
 
 def native_bf16_cpu() -> bool:
-    """The CPU multiplies bf16 in hardware (AMX tiles or AVX512-BF16); elsewhere bf16 is emulated and slow."""
+    """The CPU multiplies bf16 in hardware (AMX tiles or AVX512-BF16) and oneDNN may use it; elsewhere bf16 is
+    emulated and slow."""
+    if isa_cap() in _ONEDNN_ISAS_WITHOUT_BF16:
+        return False
     return torch.cpu._is_amx_tile_supported() or torch.cpu._is_avx512_bf16_supported()
 
 
@@ -73,8 +88,10 @@ def precision_reason(precision: str, device: torch.device) -> str:
         return f"run.precision={precision}"
     if device.type == "cuda":
         return "the GPU " + ("does" if torch.cuda.is_bf16_supported() else "does not do") + " bf16"
+    if not native_bf16_cpu():
+        return f"oneDNN capped at {isa_cap()}" if isa_cap() in _ONEDNN_ISAS_WITHOUT_BF16 else "no native bf16 on this CPU"
     native = [flag for flag in isa_flags() if flag in ("amx_tile", "avx512_bf16")]
-    return f"native bf16: {', '.join(native)}" if native else "no native bf16 on this CPU"
+    return f"native bf16: {', '.join(native) or 'the CPU'}"
 
 
 def use_bf16(precision: str, device: torch.device) -> bool:
