@@ -85,8 +85,9 @@ def test_train_writes_a_complete_run(tmp_path, capsys):
     result = train(tiny(), tmp_path / "run")
     run = tmp_path / "run"
     # The run says what it picked for this machine, and why.
-    picked = "bf16 autocast (native bf16" if runtime.native_bf16_cpu() else "fp32 (no native bf16 on this CPU)"
-    assert f"{runtime.describe(torch.device('cpu'))}: {picked}" in capsys.readouterr().out
+    cpu = torch.device("cpu")
+    picked = f"{'bf16 autocast' if runtime.native_bf16_cpu() else 'fp32'} ({runtime.precision_reason('auto', cpu)})"
+    assert f"{runtime.describe(cpu)}: {picked}, channels_last" in capsys.readouterr().out
     assert ("freed memory kept" in (run / "legs.jsonl").read_text()) == runtime.keep_freed_memory()
     lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [m["iteration"] for m in lines] == [8, 16, 24]
