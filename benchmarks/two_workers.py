@@ -46,9 +46,9 @@ def worker(rank: int, way: str, args, port: int, results) -> None:
         if way == "all_reduce":
             grads = [p.grad for p in model.parameters()]
             flat = torch.cat([g.reshape(-1) for g in grads])
-            dist.all_reduce(flat)
-            torch._foreach_copy_(grads, [part.view_as(g) for part, g in zip(flat.div_(2).split(
-                [g.numel() for g in grads]), grads, strict=True)])
+            dist.all_reduce(flat)  # the sum of both processes' gradients: halve it for their mean
+            for g, part in zip(grads, flat.split([g.numel() for g in grads]), strict=True):
+                g.copy_(part.view_as(g) / 2)
         optimizer.step()
     results.put(args.batch * args.steps / (time.perf_counter() - t0))
     dist.destroy_process_group()

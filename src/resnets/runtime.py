@@ -54,6 +54,10 @@ def isa_cap() -> str | None:
     return cap.upper() if cap and cap.upper() != "ALL" else None
 
 
+def _capped_below_bf16() -> bool:
+    return isa_cap() in _ONEDNN_ISAS_WITHOUT_BF16
+
+
 def describe(device: torch.device | None = None) -> str:
     """e.g. "AMD EPYC (avx2 avx512f avx512_bf16), 2 cores" or "NVIDIA H100 80GB HBM3"."""
     if device is not None and device.type == "cuda":
@@ -66,7 +70,7 @@ def describe(device: torch.device | None = None) -> str:
 def native_bf16_cpu() -> bool:
     """The CPU multiplies bf16 in hardware (AMX tiles or AVX512-BF16) and oneDNN may use it; elsewhere bf16 is
     emulated and slow."""
-    if isa_cap() in _ONEDNN_ISAS_WITHOUT_BF16:
+    if _capped_below_bf16():
         return False
     return torch.cpu._is_amx_tile_supported() or torch.cpu._is_avx512_bf16_supported()
 
@@ -89,7 +93,7 @@ def precision_reason(precision: str, device: torch.device) -> str:
     if device.type == "cuda":
         return "the GPU " + ("does" if torch.cuda.is_bf16_supported() else "does not do") + " bf16"
     if not native_bf16_cpu():
-        return f"oneDNN capped at {isa_cap()}" if isa_cap() in _ONEDNN_ISAS_WITHOUT_BF16 else "no native bf16 on this CPU"
+        return f"oneDNN capped at {isa_cap()}" if _capped_below_bf16() else "no native bf16 on this CPU"
     native = [flag for flag in isa_flags() if flag in ("amx_tile", "avx512_bf16")]
     return f"native bf16: {', '.join(native) or 'the CPU'}"
 
