@@ -64,8 +64,7 @@ def _train(cfg: Config, run: RunDir, resume: bool) -> dict:
     tensorboard = _tensorboard(run) if cfg.run.tensorboard and s.main else None
     if s.main:
         with _writes(run):
-            if not resume:
-                run.write_config(cfg)
+            run.write_config(cfg)  # on resume: where the run now finds its images, if it moved (MOVABLE)
             run.write_metrics(state.history)  # drops lines past the checkpoint
             run.record_leg(state.iteration, s.machine)
         _announce(s, run)

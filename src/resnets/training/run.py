@@ -158,12 +158,18 @@ def iteration_of(checkpoint_file: Path) -> int:
     return int(CHECKPOINT.fullmatch(checkpoint_file.name)[1])
 
 
+# Where a run finds its images and what runs its steps, not what it trains: a run moved to another machine (a GPU
+# run finished on a CPU, the images in another folder there) may change these when it resumes.
+MOVABLE = {("data", "path"), ("data", "cache_dir"), ("data", "workers"), ("data", "loader"), ("run", "device"),
+           ("run", "compile"), ("run", "tensorboard")}
+
+
 def config_differences(theirs: dict, ours: dict) -> list[str]:
-    """"section.key=theirs (now ours)" for each key of `ours` that `theirs` holds otherwise; [] if the same. Both
-    go through from_dict: keys added since `theirs` was written take the defaults it ran with."""
+    """"section.key=theirs (now ours)" for each key of `ours` that `theirs` holds otherwise, MOVABLE keys aside; []
+    if the same. Both go through from_dict: keys added since `theirs` was written take the defaults it ran with."""
     theirs, ours = from_dict(theirs).to_dict(), from_dict(ours).to_dict()
     return [f"{s}.{k}={theirs[s].get(k)!r} (now {v!r})" for s in ours for k, v in ours[s].items()
-            if theirs[s].get(k) != v]
+            if theirs[s].get(k) != v and (s, k) not in MOVABLE]
 
 
 def find_runs(paths: list[str]) -> list[RunDir]:
