@@ -1,4 +1,4 @@
-"""Networks this project trained to the end of a paper recipe, shipped inside the package: "resnet20:cifar10".
+"""Networks this project trained to the end of a paper recipe, shipped inside the package, e.g. "resnet20:cifar10".
 
 Each is a safetensors export (`resnets export`: fp32 weights, classes and preprocessing as metadata, read
 without unpickling) under `resnets/models/weights/`, one row of `PRETRAINED` with what its model card in
@@ -29,6 +29,9 @@ PRETRAINED: dict[str, Pretrained] = {
     "resnet20:cifar10": Pretrained("resnet20-cifar10.safetensors",
                                    "086cf24185918acc430063a52181bfa8363061756d8db523e0f5b5e5d92f42f0",
                                    heldout_top1_error=0.1208, val_split=5000, split_seed=0),
+    "resnet32:cifar10": Pretrained("resnet32-cifar10.safetensors",
+                                   "d3d72443635cce2b04d84bacaae9972272f20fd03da32bf7570c91637d301bff",
+                                   heldout_top1_error=0.1100, val_split=5000, split_seed=0),
 }
 
 
