@@ -7,7 +7,8 @@
 # DATA is the CIFAR-10 python archive or image folder, OUT the experiment directory. Network d trains into
 # OUT/resnet<d>-seed0 (its log, every leg appended: OUT/logs/resnet<d>.log) with the packaged recipe
 # cifar10/resnet<d>, 5,000 training images held out, and, where nvidia-smi finds a GPU, run.compile=true (CUDA
-# graphs; the data held on the GPU, fused SGD, bf16 and channels_last are the trainer's own choices there).
+# graphs; the data held on the GPU, fused SGD, bf16 and channels_last are the trainer's own choices there), else
+# run.procs=1.
 # KEY=VALUE overrides go to every run and to the table, which must see the runs' configs. Run again, the script
 # resumes interrupted runs and reuses finished ones.
 #
@@ -42,6 +43,10 @@ fi
 gpu=$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -n 1 || true)
 if [[ -n $gpu ]]; then
     overrides+=(run.compile=true)
+else
+    # One process per network: the networks already share the cores, and the table (which trains in one process)
+    # must find the runs' config as its own, not the two workers that `resnets train` picks on a multi-core CPU.
+    overrides+=(run.procs=1)
 fi
 overrides+=("$@")
 

@@ -23,7 +23,8 @@ def run_script(data: Path, out: Path, env: dict, *overrides: str) -> subprocess.
 def test_cpu_path_trains_each_network_where_table6_finds_it(tmp_path):
     data = make_image_folder(tmp_path / "images", classes=3, per_class=12)
     out = tmp_path / "table6"
-    env = {"DEPTHS": "20 32", "ITERATIONS": "6", "VAL_SPLIT": "6"}
+    # 2 threads each: enough for `resnets train` to pick two workers, were the script to leave run.procs to it.
+    env = {"DEPTHS": "20 32", "ITERATIONS": "6", "VAL_SPLIT": "6", "OMP_NUM_THREADS": "2"}
     done = run_script(data, out, env, "optim.batch_size=8", f"data.cache_dir={tmp_path / 'cache'}")
     assert done.returncode == 0, done.stdout + done.stderr
     assert "GPU: none" in done.stdout and re.search(r"^resnet20: \d+\.\d s$", done.stdout, re.MULTILINE)
