@@ -541,9 +541,9 @@ def test_resume_with_another_config_and_debug(tmp_path, capsys):
 
 
 def test_a_run_moved_to_another_folder_and_device_resumes_where_its_images_now_are(tmp_path):
-    """A run started on one machine (a GPU, say) and finished on another: its images in another folder there, the
-    step not compiled. Those keys may change on resume, the run's config.toml records them, and the result is the
-    uninterrupted run's bit for bit; what the run trains may not change."""
+    """A run started on one machine (a GPU, say) and finished on another: its images in another folder there, read
+    by another number of workers. Those keys may change on resume, the run's config.toml records them, and the
+    result is the uninterrupted run's bit for bit; what the run trains may not change."""
     from .fakedata import make_image_folder
 
     first = make_image_folder(tmp_path / "first", classes=3, per_class=6, size=8)
@@ -556,8 +556,7 @@ def test_a_run_moved_to_another_folder_and_device_resumes_where_its_images_now_a
     moved.checkpoint_file(4).unlink()  # stopped after iteration 2
     there = first.rename(tmp_path / "there")
     with torch_threads(1):
-        assert main(["train", "--resume", str(moved.path), f"data.path={there}", "run.compile=false",
-                     "data.workers=1"]) == 0
+        assert main(["train", "--resume", str(moved.path), f"data.path={there}", "data.workers=1"]) == 0
     assert_same_weights(load_checkpoint(moved.path), load_checkpoint(tmp_path / "whole"))
     assert moved.config().data.path == str(there) and moved.config().data.workers == 1
     assert main(["train", "--resume", str(moved.path), "data.val_split=2"]) == 2
