@@ -32,6 +32,9 @@ PRETRAINED: dict[str, Pretrained] = {
     "resnet32:cifar10": Pretrained("resnet32-cifar10.safetensors",
                                    "d3d72443635cce2b04d84bacaae9972272f20fd03da32bf7570c91637d301bff",
                                    heldout_top1_error=0.1100, val_split=5000, split_seed=0),
+    "resnet56:cifar10": Pretrained("resnet56-cifar10.safetensors",
+                                   "6a3e5d7095a6c8bd2cf697b825b4a4c61864b390333005f02928ccdfed46aad7",
+                                   heldout_top1_error=0.1120, val_split=5000, split_seed=0),
 }
 
 
