@@ -64,7 +64,8 @@ def _train(cfg: Config, run: RunDir, resume: bool) -> dict:
     tensorboard = _tensorboard(run) if cfg.run.tensorboard and s.main else None
     if s.main:
         with _writes(run):
-            run.write_config(cfg)  # on resume: where the run now finds its images, if it moved (MOVABLE)
+            if not resume or cfg.to_dict() != run.config().to_dict():  # a resumed run that moved (MOVABLE)
+                run.write_config(cfg)
             run.write_metrics(state.history)  # drops lines past the checkpoint
             run.record_leg(state.iteration, s.machine)
         _announce(s, run)
