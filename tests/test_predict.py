@@ -118,6 +118,20 @@ def test_auto_mode_runs_bf16_only_where_the_cpu_multiplies_bf16(monkeypatch, nat
     assert auto_mode(torch.device("cpu")) == ("bf16" if native else "folded")
 
 
+def test_eval_predict_and_embed_keep_freed_memory(run, digits, tmp_path, monkeypatch, capsys):
+    """Each batch frees and takes the same blocks, as a training step does: on the AMD EPYC, `resnets eval` of
+    resnet20:cifar10 on its 5,000 held-out images took 716k page faults with glibc's defaults, 300k kept."""
+    calls = []
+    monkeypatch.setattr(runtime, "keep_freed_memory", lambda: calls.append(True) or True)
+    folder = str(digits[0][0].parent)
+    for job in (["eval", str(run), "--data", "digits"], ["predict", str(run), folder],
+                ["embed", str(run), folder, "--out", str(tmp_path / "f.npy")]):
+        calls.clear()
+        assert not main(job)
+        assert calls == [True], job[0]
+    capsys.readouterr()
+
+
 def test_bad_files_are_one_line_errors_and_the_rest_is_classified(run, tmp_path, capsys):
     folder = tmp_path / "mixed"
     (folder / "sub").mkdir(parents=True)

@@ -131,9 +131,10 @@ def cmd_report(args) -> None:
 
 
 def cmd_eval(args) -> None:
-    from . import distributed
+    from . import distributed, runtime
     from .serving.evaluate import evaluate_checkpoint
 
+    runtime.keep_freed_memory()  # batch after batch frees and takes the same blocks, as a training step does
     results = evaluate_checkpoint(args.checkpoint, args.data, args.protocol.split(","), device=args.device,
                                   precision=args.precision, val_split=args.val_split, split_seed=args.split_seed,
                                   scales=args.scales)
@@ -148,15 +149,16 @@ def cmd_eval(args) -> None:
 
 
 def cmd_predict(args) -> int:
+    from . import runtime
     from .data.decode import MAX_PIXELS
-    from .runtime import pick_device
     from .serving.predict import image_files, predict
     from .serving.weights import load_model
 
+    runtime.keep_freed_memory()  # as in eval
     source, inputs = (args.model, [args.checkpoint, *args.inputs]) if args.model else (args.checkpoint, args.inputs)
     if not inputs:
         raise UserError(f"name the images (files or folders) to classify after {source}")
-    model, info = load_model(source, pick_device(args.device))
+    model, info = load_model(source, runtime.pick_device(args.device))
     files = image_files(inputs)
     failed = 0
     for result in predict(model, info, files, args.top_k, args.batch_size, args.max_pixels or MAX_PIXELS, args.mode):
@@ -173,13 +175,14 @@ def cmd_predict(args) -> int:
 
 
 def cmd_embed(args) -> int:
+    from . import runtime
     from .data.decode import MAX_PIXELS
-    from .runtime import pick_device
     from .serving.embed import embed, save_npy
     from .serving.predict import image_files
     from .serving.weights import load_model
 
-    model, info = load_model(args.checkpoint, pick_device(args.device))
+    runtime.keep_freed_memory()  # as in eval
+    model, info = load_model(args.checkpoint, runtime.pick_device(args.device))
     results, failed = [], 0
     for result in embed(model, info, image_files(args.inputs), args.batch_size, args.max_pixels or MAX_PIXELS):
         if "error" in result:
