@@ -1,8 +1,8 @@
 """Encode an image folder's JPEGs once more, for the gap study of Table 6 (docs/RESULTS.md).
 
 Our CIFAR-10 images were JPEG-encoded once (quality 75, 4:2:0) from the original pixels, which we do not have. To
-estimate what that first encoding costs a network, train on images encoded a second time, with about as much new
-loss as the first, and compare. Encoding again on the same 8x8 grid changes almost nothing (the coefficients are
+estimate what that first encoding costs a network, train on images encoded a second time, a fresh loss of the
+same kind, and compare. Encoding again on the same 8x8 grid changes almost nothing (the coefficients are
 already quantised), so each image is shifted by `--shift` pixels (edges mirrored) before it is encoded and shifted
 back after: its blocks and its 2x2 chroma cells then fall across different pixels and are quantised afresh.
 

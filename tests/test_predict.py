@@ -119,8 +119,9 @@ def test_auto_mode_runs_bf16_only_where_the_cpu_multiplies_bf16(monkeypatch, nat
 
 
 def test_eval_predict_and_embed_keep_freed_memory(run, digits, tmp_path, monkeypatch, capsys):
-    """Each batch frees and takes the same blocks, as a training step does: on the AMD EPYC, `resnets eval` of
-    resnet20:cifar10 on its 5,000 held-out images took 716k page faults with glibc's defaults, 300k kept."""
+    """Each batch frees and takes the same blocks, as a training step does: on the AMD EPYC of docs/SPEED.md,
+    `resnets eval` of resnet20:cifar10 on its 5,000 held-out images took 0.92-1.16 million page faults with glibc's
+    defaults, 0.31 million kept."""
     calls = []
     monkeypatch.setattr(runtime, "keep_freed_memory", lambda: calls.append(True) or True)
     folder = str(digits[0][0].parent)
