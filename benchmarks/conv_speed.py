@@ -3,13 +3,13 @@
 
 Records every convolution of one forward pass of the packaged recipe's network (cifar10/<network>, batch 128 by
 default), then times each distinct shape alone as a training step runs it -- the forward, and the backward for the
-weights and (except for the stem, whose input needs no gradient) the input -- in each --setting
-(precision/layout, e.g. bf16/channels_last), on random data. Prints per shape the multiply-accumulates, ms and
-GMAC/s, and per setting the convolutions' ms per step and the images/s a step could reach if everything else
-(batch norm, ReLU, the additions, the loss, SGD, the data) took no time. benchmarks/step_profile.py times the whole
-step on the same terms: the ratio of the two is the share of the step that is convolution. For scale, each setting
-also times one large square matrix product in its precision: about the most multiply-accumulates per second this
-CPU gives PyTorch with these threads.
+weights and (except for the stem, whose input needs no gradient) the input -- in each --setting (precision/layout,
+e.g. bf16/channels_last; a third part, /im2col, turns oneDNN off for PyTorch's own im2col and matrix-product
+convolutions), on random data. Prints per shape the multiply-accumulates, ms and GMAC/s, and per setting the
+convolutions' ms per step and the images/s a step could reach if everything else (batch norm, ReLU, the additions,
+the loss, SGD, the data) took no time. benchmarks/step_profile.py times the whole step on the same terms: the ratio
+of the two is the share of the step that is convolution. For scale, each setting also times one large square matrix
+product in its precision: about the most multiply-accumulates per second this CPU gives PyTorch with these threads.
 
     OMP_NUM_THREADS=2 python benchmarks/conv_speed.py --settings fp32/channels_last,bf16/channels_last
 """
@@ -58,9 +58,14 @@ def ms(fn, repeats: int) -> float:
 
 
 def time_shape(shape, setting: str, repeats: int) -> tuple[float, float]:
-    """(forward ms, backward ms) of one convolution of this shape in this precision/layout."""
+    """(forward ms, backward ms) of one convolution of this shape in this precision/layout[/im2col]."""
     (x_shape, w_shape, stride, padding, is_stem) = shape
-    precision, layout = setting.split("/")
+    precision, layout, *backend = setting.split("/")
+    with torch.backends.mkldnn.flags(enabled=backend != ["im2col"]):
+        return time_conv(x_shape, w_shape, stride, padding, is_stem, precision, layout, repeats)
+
+
+def time_conv(x_shape, w_shape, stride, padding, is_stem, precision, layout, repeats) -> tuple[float, float]:
     memory_format = torch.channels_last if layout == "channels_last" else torch.contiguous_format
     x = torch.randn(x_shape, dtype=DTYPES[precision]).contiguous(memory_format=memory_format)
     w = torch.randn(w_shape, dtype=DTYPES[precision]).contiguous(memory_format=memory_format)
@@ -91,7 +96,8 @@ def main() -> None:
     parser.add_argument("--network", default="resnet20", help="resnet20 (default), resnet56, ...")
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--settings", default="fp32/channels_last,bf16/channels_last",
-                        help="comma-separated precision/layout: fp32|bf16 / nchw|channels_last")
+                        help="comma-separated precision/layout[/im2col]: fp32|bf16 / nchw|channels_last; /im2col "
+                             "turns oneDNN off (PyTorch's own im2col + matrix-product convolutions)")
     parser.add_argument("--repeats", type=int, default=20, help="timed calls per shape and direction")
     args = parser.parse_args()
 
