@@ -61,20 +61,16 @@ def time_shape(shape, setting: str, repeats: int) -> tuple[float, float]:
     """(forward ms, backward ms) of one convolution of this shape in this precision/layout[/im2col]."""
     (x_shape, w_shape, stride, padding, is_stem) = shape
     precision, layout, *backend = setting.split("/")
-    with torch.backends.mkldnn.flags(enabled=backend != ["im2col"]):
-        return time_conv(x_shape, w_shape, stride, padding, is_stem, precision, layout, repeats)
-
-
-def time_conv(x_shape, w_shape, stride, padding, is_stem, precision, layout, repeats) -> tuple[float, float]:
     memory_format = torch.channels_last if layout == "channels_last" else torch.contiguous_format
     x = torch.randn(x_shape, dtype=DTYPES[precision]).contiguous(memory_format=memory_format)
     w = torch.randn(w_shape, dtype=DTYPES[precision]).contiguous(memory_format=memory_format)
-    out = F.conv2d(x, w, stride=stride, padding=padding)
-    grad_out = torch.randn_like(out)
-    backward_args = (grad_out, x, w, None, list(stride), list(padding), [1, 1], False, [0, 0], 1,
-                     [not is_stem, True, False])  # grad of input (not for the stem), of weight, no bias
-    forward = ms(lambda: F.conv2d(x, w, stride=stride, padding=padding), repeats)
-    backward = ms(lambda: torch.ops.aten.convolution_backward(*backward_args), repeats)
+    with torch.backends.mkldnn.flags(enabled=backend != ["im2col"]):
+        out = F.conv2d(x, w, stride=stride, padding=padding)
+        grad_out = torch.randn_like(out)
+        backward_args = (grad_out, x, w, None, list(stride), list(padding), [1, 1], False, [0, 0], 1,
+                         [not is_stem, True, False])  # grad of input (not for the stem), of weight, no bias
+        forward = ms(lambda: F.conv2d(x, w, stride=stride, padding=padding), repeats)
+        backward = ms(lambda: torch.ops.aten.convolution_backward(*backward_args), repeats)
     return forward, backward
 
 
