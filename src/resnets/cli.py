@@ -262,7 +262,7 @@ def _add_train(jobs) -> None:
 def _add_experiment(jobs) -> None:
     """`resnets experiment degradation | shortcuts | table6 | responses`."""
     p = jobs.add_parser("experiment", help="the paper's experiments: degradation (Figure 6), shortcuts (Table 3), "
-                                           "responses (Figure 7)")
+                                           "table6 (Table 6), responses (Figure 7)")
     kinds = p.add_subparsers(dest="experiment", required=True, metavar="EXPERIMENT")
     for name, text in (("degradation", "plain and residual nets of several depths, same recipe and seed"),
                        ("shortcuts", "shortcut options A, B and C on the same network and recipe"),
