@@ -6,7 +6,7 @@ about 3.4 points above the paper's ResNet-20. Is that the images or the engine? 
 recipe with nothing of the engine but the choice of the held-out images (resnets' split, so the two are scored on
 the same 5,000): Pillow decodes the files, the augmentation and the loop are written here, the network is
 first_steps.py's Reference (written from the paper's Section 4.2, akamaster's He fan-in initialisation and zero
-channels on both sides), fp32, NCHW, per-channel normalisation. If it ends near 9%, the gap is the engine's.
+channels on both sides), fp32, channels_last, per-channel normalisation. If it ends near 9%, the gap is the engine's.
 
     python benchmarks/reference_cifar.py --data /work/data/train --out /work/runs/gap/reference-resnet20
 
@@ -62,7 +62,7 @@ def augment(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
 
 
 def to_input(images: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
-    return (images.float() / 255 - mean) / std
+    return ((images.float() / 255 - mean) / std).contiguous(memory_format=torch.channels_last)
 
 
 @torch.no_grad()
@@ -99,7 +99,8 @@ def main() -> None:
     mean = (train_x.float() / 255).mean((0, 2, 3)).view(3, 1, 1)
     std = (train_x.float() / 255).std((0, 2, 3)).view(3, 1, 1)
     torch.manual_seed(args.seed)
-    model = Reference((args.depth - 2) // 6, pad_both_sides=True)
+    # channels_last: the same arithmetic, 1.1-1.25x the images/s of NCHW on a 2-core AMD EPYC (Zen 3, avx2).
+    model = Reference((args.depth - 2) // 6, pad_both_sides=True).to(memory_format=torch.channels_last)
     optimizer = torch.optim.SGD(model.parameters(), lr=LR, momentum=MOMENTUM, weight_decay=WEIGHT_DECAY)
     args.out.mkdir(parents=True, exist_ok=True)
     checkpoint, start = args.out / "checkpoint.pt", 0
