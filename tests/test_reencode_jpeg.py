@@ -38,3 +38,23 @@ def test_a_shifted_grid_quantises_afresh_and_the_folder_keeps_its_names(tmp_path
     again = np.asarray(Image.open(tmp_path / "again/cat/0000.png"))
     assert again.shape == (32, 32, 3) and np.array_equal(again, reencode_jpeg.reencode(given, 3, 75))
     assert "| 3 |" in capsys.readouterr().out
+
+
+def test_the_first_encoding_of_a_photo_loses_more_than_a_second(tmp_path, monkeypatch, capsys):
+    sys.path.insert(0, str(ROOT / "benchmarks"))  # it imports reencode_jpeg.py beside it, as it does when run
+    try:
+        spec = importlib.util.spec_from_file_location("jpeg_first_loss", ROOT / "benchmarks" / "jpeg_first_loss.py")
+        jpeg_first_loss = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(jpeg_first_loss)
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+    rng = np.random.default_rng(0)
+    photo = Image.fromarray(smooth_image(rng)).resize((256, 256), Image.BICUBIC)
+    photo = np.clip(np.asarray(photo) + rng.normal(0, 6, (256, 256, 3)), 0, 255).astype(np.uint8)  # some grain
+    Image.fromarray(photo).save(tmp_path / "photo.png")
+    crops = jpeg_first_loss.tiny_crops(Image.open(tmp_path / "photo.png"), 5, rng)
+    first, second = np.mean([jpeg_first_loss.encoding_losses(c, 3, 75) for c in crops], axis=0)
+    assert all(c.shape == (32, 32, 3) for c in crops) and first < second
+    monkeypatch.setattr(sys, "argv", ["jpeg_first_loss.py", str(tmp_path / "photo.png"), "--crops", "5"])
+    assert jpeg_first_loss.main() == 0
+    assert "| photo |" in capsys.readouterr().out
