@@ -1,14 +1,10 @@
 """benchmarks/conv_speed.py: each setting runs the convolutions on the backend it names (docs/SPEED.md)."""
 
-import importlib.util
-from pathlib import Path
-
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-spec = importlib.util.spec_from_file_location("conv_speed", ROOT / "benchmarks" / "conv_speed.py")
-conv_speed = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(conv_speed)
+from .benchmark_scripts import load_benchmark
+
+conv_speed = load_benchmark("conv_speed")
 
 
 def test_im2col_turns_onednn_off_for_the_timing_only(monkeypatch):

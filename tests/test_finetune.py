@@ -1,6 +1,5 @@
 """Issue 18: fine-tune a trained ResNet on your own images (model.init, model.freeze, the backbone's lr, embed)."""
 
-import importlib.util
 import json
 import re
 import shutil
@@ -21,6 +20,7 @@ from resnets.training import finetune
 from resnets.training.loop import train
 from resnets.training.run import RunDir, load_checkpoint, save_checkpoint
 
+from .benchmark_scripts import load_benchmark
 from .conftest import torch_threads
 from .fakedata import make_image_folder
 
@@ -252,9 +252,7 @@ def test_embed_gives_the_pooled_features_of_forward_features(tmp_path, source, c
 def test_the_readme_example_runs_and_its_figure_is_in_docs(tmp_path, source):
     """The README's command at a fraction of its size (20 + 20 images per task, 2 steps per run) makes the table
     and the picture; docs/ holds the real ones."""
-    spec = importlib.util.spec_from_file_location("finetune_example", ROOT / "benchmarks" / "finetune_example.py")
-    example = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(example)
+    example = load_benchmark("finetune_example")
     cifar = make_image_folder(tmp_path / "cifar", classes=2, per_class=30, size=32)
     example.main(["--init", str(source), "--cifar", str(cifar), "--cifar-held-out", "40", "--train", "20",
                   "--held-out", "20", "--runs", str(tmp_path / "runs"), "--docs", str(tmp_path / "docs"),

@@ -1,16 +1,15 @@
 """benchmarks/reencode_jpeg.py, the gap study's second JPEG encoding (docs/RESULTS.md, Table 6)."""
 
-import importlib.util
 import sys
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-ROOT = Path(__file__).resolve().parents[1]
-spec = importlib.util.spec_from_file_location("reencode_jpeg", ROOT / "benchmarks" / "reencode_jpeg.py")
-reencode_jpeg = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(reencode_jpeg)
+from .benchmark_scripts import load_benchmark
+
+reencode_jpeg = load_benchmark("reencode_jpeg")
+jpeg_first_loss = load_benchmark("jpeg_first_loss")
 
 
 def smooth_image(rng) -> np.ndarray:
@@ -41,13 +40,6 @@ def test_a_shifted_grid_quantises_afresh_and_the_folder_keeps_its_names(tmp_path
 
 
 def test_the_first_encoding_of_a_photo_loses_more_than_a_second(tmp_path, monkeypatch, capsys):
-    sys.path.insert(0, str(ROOT / "benchmarks"))  # it imports reencode_jpeg.py beside it, as it does when run
-    try:
-        spec = importlib.util.spec_from_file_location("jpeg_first_loss", ROOT / "benchmarks" / "jpeg_first_loss.py")
-        jpeg_first_loss = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(jpeg_first_loss)
-    finally:
-        sys.path.remove(str(ROOT / "benchmarks"))
     rng = np.random.default_rng(0)
     photo = Image.fromarray(smooth_image(rng)).resize((256, 256), Image.BICUBIC)
     photo = np.clip(np.asarray(photo) + rng.normal(0, 6, (256, 256, 3)), 0, 255).astype(np.uint8)  # some grain
