@@ -122,7 +122,8 @@ def main() -> None:
     losses, wrong, t0 = [], 0, time.perf_counter()
     for iteration in range(start, args.iterations):
         epoch, k = divmod(iteration, steps_per_epoch)
-        order = torch.randperm(len(train_y), generator=torch.Generator().manual_seed(args.seed * 100_003 + epoch))
+        if k == 0 or iteration == start:  # a new epoch, or the one a resumed run is in
+            order = torch.randperm(len(train_y), generator=torch.Generator().manual_seed(args.seed * 100_003 + epoch))
         index = order[k * BATCH:(k + 1) * BATCH]
         generator = torch.Generator().manual_seed(args.seed * 1_000_003 + iteration)
         x, y = to_input(augment(train_x[index], generator), mean, std), train_y[index]

@@ -1,6 +1,5 @@
 """benchmarks/reference_cifar.py, the gap study's recipe without the engine (docs/RESULTS.md, Table 6)."""
 
-import importlib.util
 import json
 import sys
 from pathlib import Path
@@ -10,23 +9,10 @@ import torch
 from resnets.config import load_config
 from resnets.data import load_train_val
 
+from .benchmark_scripts import load_benchmark
 from .fakedata import make_image_folder
 
-BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
-
-
-def load_script():
-    sys.path.insert(0, str(BENCHMARKS))  # it imports first_steps.py beside it, as it does when run
-    try:
-        spec = importlib.util.spec_from_file_location("reference_cifar", BENCHMARKS / "reference_cifar.py")
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        return module
-    finally:
-        sys.path.remove(str(BENCHMARKS))
-
-
-reference_cifar = load_script()
+reference_cifar = load_benchmark("reference_cifar")
 
 
 def train(monkeypatch, data: Path, out: Path, iterations: int) -> dict:
@@ -46,7 +32,8 @@ def test_it_holds_out_the_engines_images(tmp_path):
 
 
 def test_a_resumed_run_takes_the_steps_of_an_uninterrupted_one(tmp_path, monkeypatch):
-    data = make_image_folder(tmp_path / "images", classes=2, per_class=70)  # 130 to train on: one batch of 128
+    # 390 to train on: 3 batches of 128 an epoch, so the checkpoint at 4 resumes in the middle of the second epoch
+    data = make_image_folder(tmp_path / "images", classes=2, per_class=200)
     whole = train(monkeypatch, data, tmp_path / "whole", 6)
     train(monkeypatch, data, tmp_path / "legs", 4)
     with (tmp_path / "legs" / "metrics.jsonl").open("a") as f:
