@@ -15,7 +15,7 @@ def write_lines(path, rows):
     return path
 
 
-def test_both_metrics_formats_become_one_curve_each(tmp_path, capsys):
+def test_both_metrics_formats_are_read_as_fractions_and_drawn(tmp_path, capsys):
     engine = write_lines(tmp_path / "engine.jsonl", [
         {"iteration": 1000, "train_error": 0.49, "val_top1_error": 0.3838, "val_loss": 1.1},
         {"iteration": 2000, "train_error": 0.29, "val_top1_error": 0.25, "val_loss": 0.9}])
