@@ -108,10 +108,12 @@ def test_resnets_train_starts_its_processes_itself_and_resumes_them(imagenet, tm
 
 
 def test_a_mistake_in_the_processes_is_one_line(imagenet, tmp_path, capsys):
-    """The processes' own error, once, without the launcher's report; a batch that does not split is refused
-    before any process starts."""
+    """The processes' own error, once, without the launcher's report, even when rank 0 meets it last (torchrun
+    stops the others when one ends); a batch that does not split is refused before any process starts."""
+    (tmp_path / "sitecustomize.py").write_text('import os, time\nif os.environ.get("RANK") == "0":\n    time.sleep(3)\n')
+    late_lead = {**ENV, "PYTHONPATH": os.pathsep.join([str(tmp_path), *filter(None, [ENV.get("PYTHONPATH")])])}
     done = subprocess.run([sys.executable, "-m", "resnets", "train", "data.path=/no/such/folder", "run.procs=2",
-                           "--out", tmp_path / "run"], capture_output=True, text=True, env=ENV, check=False)
+                           "--out", tmp_path / "run"], capture_output=True, text=True, env=late_lead, check=False)
     assert done.returncode == 2 and done.stderr == "resnets train: error: data path /no/such/folder does not exist\n"
     assert main(["train", "optim.batch_size=7", "run.procs=2", "--out", str(tmp_path / "odd")]) == 2
     assert capsys.readouterr().err == ("resnets train: error: optim.batch_size=7 does not split into run.procs=2 "

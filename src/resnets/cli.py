@@ -430,6 +430,9 @@ def main(argv: list[str] | None = None) -> int:
             traceback.print_exc()
         if distributed.lead():  # every process of a run meets the same mistake; one says so
             print(f"resnets {args.job}: error: {shown(e)}", file=sys.stderr)  # it may quote names read from files
+        else:
+            distributed.wait_for_lead()  # stopped there when rank 0 has said it
+            print(f"resnets {args.job}: process {os.environ['RANK']}: error: {shown(e)}", file=sys.stderr)
         return e.exit_status  # 2: the command's mistake, 1: the machine's (errors.EnvironmentFailure)
     except KeyboardInterrupt:
         if distributed.lead():

@@ -6,8 +6,10 @@ CPUs); everything else asks `rank()` and `world_size()`, which say 0 and 1 for a
 the collectives below do nothing. Only rank 0 writes files and prints; every rank computes.
 """
 
+import contextlib
 import logging
 import os
+import time
 
 import torch
 import torch.distributed as dist
@@ -50,6 +52,19 @@ def lead() -> bool:
     """Whether this process speaks for its run: the only one, or rank 0 of torchrun's (from its environment, so
     before the processes have met)."""
     return int(os.environ.get("RANK", "0")) == 0
+
+
+# How long a process other than rank 0 waits, after a mistake, for rank 0 to say so (wait_for_lead).
+LEAD_GRACE_S = 30.0
+
+
+def wait_for_lead() -> None:
+    """Give rank 0 the time to meet the mistake this process met and to say so. torchrun stops every process of a
+    run as soon as one ends, so a process that ended first with the mistake every process meets would silence
+    rank 0; waiting here, this one is stopped when rank 0 ends. Returns after LEAD_GRACE_S if it did not end (a
+    mistake of this process alone)."""
+    with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C reaches every process: this one still says what it met
+        time.sleep(LEAD_GRACE_S)
 
 
 def rank() -> int:
