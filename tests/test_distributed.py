@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from resnets import runtime
+from resnets import distributed, runtime
 from resnets.cli import main
 from resnets.config import load_config
 from resnets.errors import UserError
@@ -118,6 +118,14 @@ def test_a_mistake_in_the_processes_is_one_line(imagenet, tmp_path, capsys):
     assert main(["train", "optim.batch_size=7", "run.procs=2", "--out", str(tmp_path / "odd")]) == 2
     assert capsys.readouterr().err == ("resnets train: error: optim.batch_size=7 does not split into run.procs=2 "
                                        "equal shares\n")
+
+
+def test_a_mistake_rank_0_does_not_end_on_is_said_by_the_process_that_met_it(tmp_path, monkeypatch, capsys):
+    """After its grace (here none), a process other than rank 0 names itself and says what it met."""
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setattr(distributed, "LEAD_GRACE_S", 0.0)
+    assert main(["train", "data.path=/no/such/folder", "--out", str(tmp_path / "run")]) == 2
+    assert capsys.readouterr().err == "resnets train: process 1: error: data path /no/such/folder does not exist\n"
 
 
 def test_auto_picks_two_processes_on_a_cpu_with_two_threads():
