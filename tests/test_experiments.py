@@ -94,7 +94,7 @@ def test_several_seeds_are_summarized_as_mean_and_std():
     assert (row["network"], row["seeds"], row["iterations"]) == ("resnet20", 3, 4)
     assert (row["train_error"], row["val_error"]) == pytest.approx((20.0, 40.0))
     assert (row["train_error_std"], row["val_error_std"]) == pytest.approx((10.0, 26.457513))  # sample std
-    assert "| resnet20 | 4 | 3 | 20.00 ± 10.00 | 40.00 ± 26.46 |" in experiments.markdown([row])
+    assert "| resnet20 | 4 | 3 | 20.00 ± 10.00 | 40.00 ± 26.46 |" in experiments.markdown([row], "test split")
 
 
 @pytest.mark.parametrize("network", ["plain20", "resnet20"])
@@ -206,3 +206,20 @@ def test_a_run_from_before_legs_were_recorded_is_one_leg_on_an_unrecorded_machin
 def test_table6_refuses_a_depth_the_paper_did_not_train(capsys):
     assert main(["experiment", "table6", "--depths", "26", *TINY]) == 2
     assert "no ResNet-26" in capsys.readouterr().err
+
+
+def test_table6_with_test_scores_the_test_split_and_says_so(tmp_path, capsys):
+    tiny = [a for a in TINY if a not in ("--val-split", "0")]
+    out = tmp_path / "table6"
+    assert main(["experiment", "table6", "--test", "--depths", "20", "--out", str(out), *tiny]) == 0
+    text = (out / "table6.md").read_text()
+    assert "| test error (%) |" in text and "held-out" not in text
+    assert RunDir(out / "resnet20-seed0").config().data.val_split == 0  # trained on every training image
+    # The default for CIFAR-10 recipes holds images out: the same table says what it was measured on.
+    held = tmp_path / "held"
+    assert main(["experiment", "table6", "--val-split", "300", "--depths", "20", "--out", str(held), *tiny]) == 0
+    text = (held / "table6.md").read_text()
+    assert "| held-out error (%) |" in text and "measured on 300 held-out training images" in text
+    capsys.readouterr()
+    assert main(["experiment", "table6", "--test", "--val-split", "300", "--out", str(held), *tiny]) == 2
+    assert "drop the held-out split (300 images)" in capsys.readouterr().err

@@ -85,19 +85,25 @@ def cmd_experiment(args) -> None:
 
     out = Path(args.out or f"runs/{args.experiment}")
     family = getattr(args, "family", "cifar10")  # table6 is CIFAR-10's
-    val_split = args.val_split if args.val_split is not None else (5000 if family == "cifar10" else 0)
+    default_split = 5000 if family == "cifar10" and not args.test else 0
+    val_split = args.val_split if args.val_split is not None else default_split
     overrides = {"data.val_split": val_split, **dict(map(split_override, args.overrides))}
     common = {"data": args.data, "schedule": args.schedule, "seeds": args.seeds, "overrides": overrides}
     if args.experiment == "degradation":
         depths = args.depths or experiments.DEFAULT_DEPTHS[family]
         runs = experiments.degradation_runs(family, depths, **common)
-        title = f"plain vs residual on {args.data} ({args.schedule} schedule)"
+        what = "plain vs residual"
     elif args.experiment == "table6":
         runs = experiments.table6_runs(args.depths or experiments.TABLE6_DEPTHS, **common)
-        title = f"Table 6: CIFAR-10 ResNets on {args.data} ({args.schedule} schedule)"
+        what = "Table 6: CIFAR-10 ResNets"
     else:
         runs = experiments.shortcut_runs(family, args.network, args.options.split(","), **common)
-        title = f"{args.network}: shortcut options {args.options} on {args.data} ({args.schedule} schedule)"
+        what = f"{args.network}: shortcut options {args.options}"
+    held_out = runs[0].cfg.data.val_split
+    if args.test and held_out:
+        raise UserError("--test trains on every training image and scores the test split; drop the held-out split "
+                        f"({held_out} images)")
+    title = f"{what} on {args.data} ({args.schedule} schedule, {f'{held_out} held out' if held_out else 'test set'})"
     experiments.execute(runs, out)
     table, text = experiments.tabulate(args.experiment, runs, out)
     experiments.write_outputs(args.experiment, runs, out, title, table, text)
@@ -275,6 +281,9 @@ def _add_experiment(jobs) -> None:
         e.add_argument("--schedule", default="paper", help="paper (the recipe's own) or cpu (2,000 iterations)")
         e.add_argument("--seeds", default="0", type=_integers(0), help="comma-separated seeds; > 1 gives mean ± std")
         e.add_argument("--val-split", type=int, help="held-out training images (default 5000 for cifar10)")
+        e.add_argument("--test", action="store_true",
+                       help="the paper's protocol: train on every training image, score the data's test split "
+                            "(--data a CIFAR archive or a folder with train/ and test/)")
         e.add_argument("--out", help=f"experiment directory (default runs/{name})")
         if name == "degradation":
             e.add_argument("--depths", type=_integers(1), help="comma-separated depths (default 20,32,44,56; imagenet 18,34)")

@@ -29,9 +29,11 @@ def _save(fig, path: Path) -> None:
         fig.savefig(tmp, dpi=120, format=Path(path).suffix[1:])  # the temp file's name ends in .tmp
 
 
-def plot_comparison(groups: dict[str, list[tuple[str, list[dict]]]], path: Path, title: str = "") -> None:
+def plot_comparison(groups: dict[str, list[tuple[str, list[dict]]]], path: Path, title: str = "",
+                    evaluated: str = "validation") -> None:
     """One panel per group (e.g. plain | resnet) as in Figure 6: one colour per run, training error dashed,
-    validation error bold, against iterations; the panels share the error axis."""
+    validation error (on what `evaluated` names: test, held-out) bold, against iterations; the panels share the
+    error axis."""
     fig = Figure(figsize=(5.5 * len(groups), 4))
     axes = fig.subplots(1, len(groups), sharey=True, squeeze=False)
     for ax, (group, runs) in zip(axes[0], groups.items()):
@@ -41,7 +43,7 @@ def plot_comparison(groups: dict[str, list[tuple[str, list[dict]]]], path: Path,
             ax.plot(its, [100 * m["val_top1_error"] for m in metrics], "-", color=f"C{i}", linewidth=2.2, label=name)
         ax.set(xlabel="iteration", title=group)
         ax.grid(alpha=0.3)
-        ax.legend(title="bold: validation, dashed: training", title_fontsize="small", fontsize="small")
+        ax.legend(title=f"bold: {evaluated}, dashed: training", title_fontsize="small", fontsize="small")
     # Once every panel is drawn: set earlier, the top would stay at the first panels' highest error.
     axes[0][0].set_ylim(bottom=0)
     axes[0][0].set_ylabel("error (%)")

@@ -16,7 +16,7 @@ from ..models import ResNet, ResNetConfig
 from ..plots import plot_comparison
 from ..training.run import RunDir, load_checkpoint
 from . import outputs
-from .report import legs
+from .report import evaluated_on, legs
 
 # Named schedules. "paper" keeps the recipe's own (CIFAR-10: 64k iterations, lr / 10 at 32k and 48k).
 # "cpu" is the same shape shrunk 32x to fit a 2-core machine: 2,000 iterations (5.7 epochs of 45k images),
@@ -127,26 +127,37 @@ def _std(values: list[float]) -> float:
     return statistics.stdev(values) if len(values) > 1 else 0.0
 
 
-def markdown(table: list[dict]) -> str:
+def markdown(table: list[dict], split: str) -> str:
+    """The runs' final errors; `split` is what the validation error was measured on (report.evaluated_on)."""
     def cell(mean, std, seeds):
         return f"{mean:.2f}" + (f" ± {std:.2f}" if seeds > 1 else "")
 
-    lines = ["| network | iterations | seeds | final training error (%) | final validation error (%) |",
+    lines = [f"| network | iterations | seeds | final training error (%) | final {_error_of(split)} (%) |",
              "|---|---:|---:|---:|---:|"]
     for r in table:
         lines.append(f"| {r['network']} | {r['iterations']} | {r['seeds']} | "
                      f"{cell(r['train_error'], r['train_error_std'], r['seeds'])} | "
                      f"{cell(r['val_error'], r['val_error_std'], r['seeds'])} |")
-    return "\n".join(lines) + "\n"
+    note = _split_note(split)
+    return "\n".join(lines) + "\n" + (f"\n{note}\n" if note else "")
+
+
+def _error_of(split: str) -> str:
+    return "test error" if split == "test split" else "held-out error"
+
+
+def _split_note(split: str) -> str:
+    return "" if split == "test split" else f"Held-out error: measured on {split}, not on the test set."
 
 
 def tabulate(experiment: str, runs: list[Run], out: Path) -> tuple[list[dict], str]:
     """The experiment's table and its markdown: Table 6's form for table6, a comparison of runs otherwise."""
+    split = evaluated_on(runs[0].cfg.data)  # one data setting for every run of an experiment
     if experiment == "table6":
         table = table6(runs, out)
-        return table, table6_markdown(table)
+        return table, table6_markdown(table, split)
     table = summarize(runs)
-    return table, markdown(table)
+    return table, markdown(table, split)
 
 
 def table6(runs: list[Run], out: Path) -> list[dict]:
@@ -178,8 +189,9 @@ def table6(runs: list[Run], out: Path) -> list[dict]:
     return table
 
 
-def table6_markdown(table: list[dict]) -> str:
-    lines = ["| network | params | iterations | seeds | held-out error (%) | paper (%) | difference | training time |",
+def table6_markdown(table: list[dict], split: str) -> str:
+    lines = [f"| network | params | iterations | seeds | {_error_of(split)} (%) | paper (%) | difference "
+             "| training time |",
              "|---|---:|---:|---:|---:|---:|---:|---:|"]
     for r in table:
         ours = f"{r['best_error']:.2f}" + (f" ({r['mean_error']:.2f} ± {r['error_std']:.2f})" if r["seeds"] > 1 else "")
@@ -189,6 +201,8 @@ def table6_markdown(table: list[dict]) -> str:
                      f"| {r['seeds']} | {ours} | {paper} | {diff} | {_hours(r['training_s'])} |")
     lines += ["", ("With several seeds the error is given as the paper gives it: best (mean ± std). Training time: "
                    "the steps between evaluations, summed over legs and seeds (no start-up, no evaluation)."), ""]
+    if split != "test split":
+        lines += [_split_note(split), ""]
     if any(r["iterations"] < r["scheduled_iterations"] for r in table):
         lines += ["Rows short of their scheduled iterations are unfinished: their errors are not the recipe's.", ""]
     lines += ["Legs (one per process that trained a run):", "",
@@ -210,4 +224,5 @@ def write_outputs(name: str, runs: list[Run], out: Path, title: str, table: list
     groups = {}
     for run in runs:
         groups.setdefault(run.group, []).append((run.name, run.metrics))
-    outputs.write(out, name, text, table, lambda path: plot_comparison(groups, path, title))
+    evaluated = "test" if evaluated_on(runs[0].cfg.data) == "test split" else "held-out"
+    outputs.write(out, name, text, table, lambda path: plot_comparison(groups, path, title, evaluated))

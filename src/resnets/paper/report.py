@@ -5,13 +5,19 @@ from ..training.run import RunDir
 from ..training.schedule import scheduled_steps
 
 
+def evaluated_on(data) -> str:
+    """What a run's validation error was measured on, from its DataSection: the data's test split, or the
+    training images it held out."""
+    return (f"{data.val_split} held-out training images (split_seed {data.split_seed})" if data.val_split
+            else "test split")
+
+
 def run_row(run: RunDir) -> dict:
     cfg, metrics = run.config(), run.metrics()
     if not metrics:
         raise UserError(f"{run} has no evaluations yet (metrics.jsonl is empty)")
     last, data = metrics[-1], cfg.data
-    split = (f"{data.val_split} held-out training images (split_seed {data.split_seed})" if data.val_split
-             else "test split")
+    split = evaluated_on(data)
     paper = cfg.paper.top1_error or None
     ours = 100 * last["val_top1_error"]
     return {
