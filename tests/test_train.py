@@ -17,6 +17,7 @@ from resnets.cli import main
 from resnets.config import ScheduleSection, load_config
 from resnets.data import load_digits
 from resnets.errors import UserError
+from resnets.serving.weights import load_model
 from resnets.training.loop import train
 from resnets.training.run import RunDir, load_checkpoint
 from resnets.training.schedule import lr_factor
@@ -308,6 +309,24 @@ def test_eval_val_split_scores_the_images_the_run_held_out(tmp_path, capsys):
     assert held_out["loss"] == pytest.approx(result["val_loss"], rel=1e-4)  # the very images, not 9 like them
     assert main(args) == 0  # another seed, other images
     assert json.loads(capsys.readouterr().out)["loss"] != pytest.approx(result["val_loss"], rel=1e-4)
+
+
+def test_flip_protocol_averages_each_image_with_its_mirror_image(tmp_path, capsys):
+    train(tiny(**{"schedule.iterations": 8}), tmp_path / "run")
+    capsys.readouterr()
+    assert main(["eval", str(tmp_path / "run"), "--data", "digits", "--protocol", "center,flip", "--json"]) == 0
+    center, flip = map(json.loads, capsys.readouterr().out.splitlines())
+    assert (center["protocol"], flip["protocol"], center["images"], flip["images"]) == ("center", "flip", 360, 360)
+    # By hand: the mean of the softmax of the image and of its left-right mirror image, each normalised as the
+    # training flips are (the per-pixel mean of the recipe is not mirrored).
+    model, info = load_model(tmp_path / "run", torch.device("cpu"))
+    pre, (_, test) = info["preprocessing"], load_digits()
+    prepared = [(images.float() / 255 - pre.mean) / pre.std for images in (test.images, test.images.flip(-1))]
+    with torch.no_grad():
+        p = sum(model.eval()(x).softmax(1) for x in prepared) / 2
+    assert flip["top1_error"] == pytest.approx((p.argmax(1) != test.labels).double().mean().item())
+    assert flip["loss"] == pytest.approx(F.nll_loss(p.log(), test.labels).item(), rel=1e-4)
+    assert flip["loss"] != pytest.approx(center["loss"], rel=1e-4)  # the mirror images were scored too
 
 
 @pytest.mark.parametrize("args, message", [

@@ -325,8 +325,9 @@ def _add_eval(jobs) -> None:
     p.add_argument("--precision", default="fp32", choices=CHOICES["run.precision"])
     p.add_argument("--protocol", default="center", type=_protocols,
                    help="the paper's test protocols, one or several comma-separated: center (resize, centre crop; the "
-                        "default), 10crop (4 corners + centre and their mirror images, scores averaged), multiscale "
-                        "(the whole image at each of --scales, scores averaged)")
+                        "default), flip (the centre crop and its mirror image, scores averaged; not the paper's), "
+                        "10crop (4 corners + centre and their mirror images, scores averaged), multiscale (the whole "
+                        "image at each of --scales, scores averaged)")
     p.add_argument("--scales", type=_integers(1),
                    help="multiscale: shorter sides in pixels (default: the paper's 224,256,384,480,640)")
     p.add_argument("--json", action="store_true", help="print one JSON object per protocol")
@@ -388,11 +389,11 @@ def _add_export(jobs) -> None:
 
 
 def _protocols(text: str) -> str:
-    from .data.imagenet import PROTOCOLS
+    from .serving.evaluate import TEST_PROTOCOLS
 
-    unknown = [p for p in text.split(",") if p not in PROTOCOLS]
+    unknown = [p for p in text.split(",") if p not in TEST_PROTOCOLS]
     if unknown:
-        raise argparse.ArgumentTypeError(f"{', '.join(unknown)}: choose from {', '.join(PROTOCOLS)}")
+        raise argparse.ArgumentTypeError(f"{', '.join(unknown)}: choose from {', '.join(TEST_PROTOCOLS)}")
     return text
 
 
