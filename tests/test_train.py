@@ -311,6 +311,23 @@ def test_eval_val_split_scores_the_images_the_run_held_out(tmp_path, capsys):
     assert json.loads(capsys.readouterr().out)["loss"] != pytest.approx(result["val_loss"], rel=1e-4)
 
 
+@pytest.mark.parametrize("decay_bn_and_bias", [True, False])
+def test_decay_bn_and_bias_says_which_weights_decay(decay_bn_and_bias):
+    """With no gradient, an SGD step (no momentum) is the weight decay alone: w <- w (1 - lr wd) where it applies."""
+    cfg = tiny(**{"optim.decay_bn_and_bias": decay_bn_and_bias, "optim.momentum": 0.0, "optim.weight_decay": 0.1,
+                  "optim.lr": 0.5})
+    s = resnets.training.loop.set_up(cfg)
+    before = {name: p.detach().clone() for name, p in s.model.named_parameters()}
+    for p in s.model.parameters():
+        p.grad = torch.zeros_like(p)
+    s.optimizer.step()
+    one_d = [name for name, p in s.model.named_parameters() if p.dim() == 1]
+    assert len(one_d) == 2 * 19 + 1  # the 19 BNs' scales and shifts, the classifier's bias
+    for name, p in s.model.named_parameters():
+        decays = decay_bn_and_bias or name not in one_d
+        assert torch.allclose(p, before[name] * (1 - 0.05 if decays else 1)), name
+
+
 def test_flip_protocol_averages_each_image_with_its_mirror_image(tmp_path, capsys):
     train(tiny(**{"schedule.iterations": 8}), tmp_path / "run")
     capsys.readouterr()

@@ -60,8 +60,11 @@ class OptimSection:
     weight_decay: float = 1e-4
     label_smoothing: float = 0.0
     # The lr of every layer but the classifier, as a fraction of lr: fine-tuning changes trained layers less than
-    # the new classifier (resnets.training.finetune.param_groups).
+    # the new classifier (resnets.training.optimizer.param_groups).
     backbone_lr_factor: float = 1.0
+    # True: every weight decays, BN's too (the paper: Caffe's default); false: the 1-d ones (BN's scales and shifts,
+    # biases) do not, a choice of fast recipes.
+    decay_bn_and_bias: bool = True
 
 
 @dataclass

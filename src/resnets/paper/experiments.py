@@ -190,9 +190,8 @@ def table6(runs: list[Run], out: Path) -> list[dict]:
 
 
 def table6_markdown(table: list[dict], split: str) -> str:
-    lines = [f"| network | params | iterations | seeds | {_error_of(split)} (%) | paper (%) | difference "
-             "| training time |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    heading = f"| network | params | iterations | seeds | {_error_of(split)} (%) | paper (%) | difference | training time |"
+    lines = [heading, "|---|---:|---:|---:|---:|---:|---:|---:|"]
     for r in table:
         ours = f"{r['best_error']:.2f}" + (f" ({r['mean_error']:.2f} ± {r['error_std']:.2f})" if r["seeds"] > 1 else "")
         paper = f"{r['paper_error']:.2f}" if r["paper_error"] else "—"

@@ -8,8 +8,8 @@ kept when the data's classes are the weights' own; otherwise the run's new one, 
 
 The preprocessing travels with the weights: the run normalises with the mean and std they were trained with (ours:
 the checkpoint's; torchvision's: its published ImageNet values), not with new estimates from the new data, unless
-data.stats = "data". `param_groups` gives the backbone a smaller lr than the classifier (optim.backbone_lr_factor);
-freezing is the model's own (ResNet.freeze, model.freeze).
+data.stats = "data". The backbone may train at a smaller lr than the classifier (optim.backbone_lr_factor, see
+training/optimizer.py); freezing is the model's own (ResNet.freeze, model.freeze).
 """
 
 from dataclasses import dataclass
@@ -160,19 +160,6 @@ def _describe(init: Init) -> str:
     kind = f"per-pixel mean of {side}x{side} images" if side > 1 else "per-channel"
     resized = f" (shorter side resized to {pre.resize} first)" if pre.resize != pre.input_size else ""
     return f"{kind}; trained on {pre.input_size}x{pre.input_size} inputs{resized}"
-
-
-def param_groups(model: ResNet, backbone_lr_factor: float, lr: float) -> list:
-    """What SGD updates: the parameters that are not frozen, in one group at `lr` or, with backbone_lr_factor
-    below 1, the classifier at `lr` and the rest (the backbone) at lr x backbone_lr_factor. One group keeps the
-    optimizer state of runs from before fine-tuning existed, so their checkpoints still resume."""
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    if backbone_lr_factor == 1:
-        return trainable
-    head = list(model.fc.parameters())
-    backbone = [p for p in trainable if all(p is not h for h in head)]
-    groups = [{"params": backbone, "lr": lr * backbone_lr_factor}] if backbone else []
-    return [*groups, {"params": head, "lr": lr}]
 
 
 def frozen(model: ResNet) -> str:

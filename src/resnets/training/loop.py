@@ -32,6 +32,7 @@ from ..plots import plot_curves
 from ..serving.evaluate import evaluate
 from ..serving.preprocessing import Preprocessing
 from . import finetune
+from .optimizer import sgd
 from .run import RunDir, TrainState
 from .schedule import in_iterations, lr_factor
 
@@ -123,14 +124,9 @@ def set_up(cfg: Config) -> Setup:
         model = distributed.sync_batchnorm(model, device)
     if cfg.run.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    # The paper decays every weight (Caffe's default), BN included; so do we. N processes take N times the
-    # images per step at N times the lr (the linear scaling rule; OptimSection); run.procs processes share the
-    # batch. On a GPU the update is one fused pass over all the weights (the default, foreach, makes several).
-    # Fine-tuning may train the backbone slower.
-    groups = finetune.param_groups(model, cfg.optim.backbone_lr_factor, cfg.optim.lr * batch_scale)
-    optimizer = torch.optim.SGD(groups, lr=cfg.optim.lr * batch_scale, momentum=cfg.optim.momentum,
-                                nesterov=cfg.optim.nesterov, weight_decay=cfg.optim.weight_decay,
-                                fused=True if device.type == "cuda" else None)
+    # N processes take N times the images per step at N times the lr (the linear scaling rule; OptimSection);
+    # run.procs processes share the batch.
+    optimizer = sgd(model, cfg.optim, cfg.optim.lr * batch_scale, device)
     loader = BatchLoader(train_set, cfg.optim.batch_size // share, shuffle=True, pad=cfg.data.pad, flip=cfg.data.flip,
                          scale=cfg.data.scale if cfg.data.crop else None, seed=cfg.run.seed, drop_last=True,
                          workers=workers, rank=rank, world=world, device=device)
