@@ -65,3 +65,21 @@ def plot_responses(results: list[dict], path: Path) -> None:
         ax.grid(alpha=0.3)
     right.legend(fontsize="small")
     _save(fig, path)
+
+
+def plot_time_to_accuracy(curves: list[dict], path: Path, target: float) -> None:
+    """Error against millions of training images shown (left) and hours of training (right), one curve per run
+    (dicts with "run", "images_m", "hours", "errors"), the target error as a dotted line."""
+    fig = Figure(figsize=(11, 4))
+    by_images, by_time = fig.subplots(1, 2, sharey=True)
+    for i, c in enumerate(curves):
+        style = {"color": f"C{i}", "linewidth": 1.8, "marker": ".", "label": c["run"]}
+        by_images.plot(c["images_m"], c["errors"], **style)
+        by_time.plot(c["hours"], c["errors"], **style)
+    for ax, label in ((by_images, "training images shown (millions)"), (by_time, "training time (hours)")):
+        ax.axhline(target, color="k", linestyle=":", linewidth=1)
+        ax.set(xlabel=label)
+        ax.grid(alpha=0.3)
+    by_images.set(ylabel="error (%)", ylim=(0, min(100, 3 * max(target, 1))))
+    by_time.legend(fontsize="small", title=f"dotted: {target:.2f}%", title_fontsize="small")
+    _save(fig, path)
