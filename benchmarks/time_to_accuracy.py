@@ -50,8 +50,9 @@ def reached(c: dict, target: float) -> tuple[float, float] | None:
 
 
 def markdown(curves: list[dict], target: float) -> str:
-    lines = [f"| run | network | trained on | evaluated on | last error (%) | images shown | training time | "
-             f"first at <= {target:.2f}% |", "|---|---|---|---|---:|---:|---:|---|"]
+    heading = ("| run | network | trained on | evaluated on | last error (%) | images shown | training time | "
+               f"first at <= {target:.2f}% |")
+    lines = [heading, "|---|---|---|---|---:|---:|---:|---|"]
     for c in curves:
         hit = reached(c, target)
         first = f"{hit[0]:.2f}M images, {hit[1]:.2f} h" if hit else "not reached"
