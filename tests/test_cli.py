@@ -38,6 +38,14 @@ def test_help_keys_shows_what_the_command_would_train_with(capsys):
     assert out[-1].startswith("model.<option> = any of block, depths")
 
 
+def test_overrides_may_follow_options(capsys):
+    assert main(["train", "--recipe", "cifar10/resnet110", "optim.lr=0.05", "--help-keys", "schedule.iterations=7"]) == 0
+    assert {"optim.lr = 0.05", "schedule.iterations = 7"} <= set(capsys.readouterr().out.splitlines())
+    with pytest.raises(SystemExit) as exit:
+        main(["train", "--recipe", "cifar10/resnet110", "--help-keys", "--no-such-option"])
+    assert exit.value.code == 2 and "unrecognized arguments: --no-such-option" in capsys.readouterr().err
+
+
 def test_one_class_and_an_image_file_as_data_are_refused_in_one_line(tmp_path, monkeypatch, capsys):
     one = make_image_folder(tmp_path / "one", classes=1, per_class=3, size=8)
     image = next((one / "c0").iterdir())

@@ -427,10 +427,22 @@ def _integers(minimum: int):
     return parse
 
 
+def _parse(argv: list[str] | None):
+    """The command line, with KEY=VALUE overrides anywhere on it (`train --out runs/x lr=0.05`): argparse takes one
+    stretch of positional arguments only, and its parse_intermixed_args does not take subcommands."""
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra and hasattr(args, "overrides") and all("=" in a and not a.startswith("-") for a in extra):
+        args.overrides += extra
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    return args
+
+
 def main(argv: list[str] | None = None) -> int:
     from . import distributed
 
-    args = build_parser().parse_args(argv)
+    args = _parse(argv)
     debug = getattr(args, "debug", False)
     try:
         with plain():
