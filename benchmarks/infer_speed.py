@@ -41,8 +41,8 @@ import torchvision
 
 import resnets
 from resnets.data import load_folder, normalization_stats, normalize, split_validation
+from resnets.rundir import load_checkpoint
 from resnets.serving.inference import MODES, prepare
-from resnets.training.run import load_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
 ARCHIVE = REPO.parent / "shared" / "datasets" / "cifar10-jpg-train.tar.gz"

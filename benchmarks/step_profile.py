@@ -24,7 +24,7 @@ from resnets import runtime
 from resnets.config import load_config
 from resnets.data import BatchLoader, load_train_val, normalization_stats, normalize
 from resnets.models import ResNet
-from resnets.training.schedule import in_iterations, lr_factor
+from resnets.schedule import in_iterations, lr_factor
 
 PHASES = ("batch: gather, crop, flip", "normalize, layout", "forward + loss", "backward", "SGD step", "schedule, rest")
 

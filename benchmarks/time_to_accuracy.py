@@ -18,8 +18,8 @@ from resnets.errors import UserError
 from resnets.paper import outputs
 from resnets.paper.report import evaluated_on
 from resnets.plots import plot_time_to_accuracy
+from resnets.rundir import RunDir, load_checkpoint
 from resnets.terminal import shown
-from resnets.training.run import RunDir, load_checkpoint
 
 
 def curve(run: RunDir) -> dict:

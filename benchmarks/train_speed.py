@@ -42,7 +42,7 @@ from torchvision import transforms
 import resnets
 from resnets import runtime
 from resnets.data import ArrayDataset, scan_folder, split_validation
-from resnets.training.run import RunDir
+from resnets.rundir import RunDir
 
 REPO = Path(__file__).resolve().parents[1]
 ARCHIVE = REPO.parent / "shared" / "datasets" / "cifar10-jpg-train.tar.gz"

@@ -15,7 +15,7 @@ from resnets.cli import DEFAULT_RECIPE, main
 from resnets.config import Config, help_keys, list_recipes, load_config
 from resnets.errors import UserError
 from resnets.models.blocks import STEMS
-from resnets.training.schedule import in_iterations, lr_factor
+from resnets.schedule import in_iterations, lr_factor
 
 
 def _keys() -> list[str]:

@@ -19,8 +19,8 @@ from resnets.cli import main
 from resnets.config import load_config
 from resnets.errors import UserError
 from resnets.models import ResNet
+from resnets.rundir import load_checkpoint
 from resnets.training.loop import train
-from resnets.training.run import load_checkpoint
 
 from .conftest import torch_threads
 from .ddp_spy import keep_bn_in_eval_mode

@@ -11,7 +11,7 @@ from resnets.cli import main
 from resnets.data import load_digits
 from resnets.paper import experiments, report
 from resnets.paper.responses import layer_responses, three_by_three_bns
-from resnets.training.run import RunDir, load_checkpoint
+from resnets.rundir import RunDir, load_checkpoint
 
 TINY = ["--data", "digits", "--val-split", "0", "--schedule", "cpu", "schedule.iterations=4", "run.eval_every=2",
         "run.keep_checkpoints=3"]

@@ -9,8 +9,8 @@ from PIL import Image
 from resnets import UserError, load_model
 from resnets.cli import main
 from resnets.models import ResNet, ResNetConfig
+from resnets.rundir import FORMAT, load_checkpoint
 from resnets.serving.export import TOLERANCE, export
-from resnets.training.run import FORMAT, load_checkpoint
 
 from .fakedata import Payload
 from .test_predict import train_briefly

@@ -20,7 +20,7 @@ from resnets.cli import main
 from resnets.data import load_folder
 from resnets.errors import UserError
 from resnets.plots import plot_curves
-from resnets.training.run import RunDir, load_checkpoint, save_checkpoint
+from resnets.rundir import RunDir, load_checkpoint, save_checkpoint
 
 from .fakedata import make_image_folder
 from .test_reliability import assert_same_weights, tiny_args, tiny_reference  # noqa: F401 (a fixture)

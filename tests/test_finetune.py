@@ -15,10 +15,10 @@ from resnets.cli import main
 from resnets.config import load_config
 from resnets.data import load_folder
 from resnets.errors import UserError
+from resnets.rundir import RunDir, load_checkpoint, save_checkpoint
 from resnets.serving.export import export
 from resnets.training import finetune
 from resnets.training.loop import train
-from resnets.training.run import RunDir, load_checkpoint, save_checkpoint
 
 from .benchmark_scripts import load_benchmark
 from .conftest import torch_threads

@@ -16,10 +16,10 @@ from resnets.data import ArrayDataset, BatchLoader, ImageNetFolder, normalize
 from resnets.data.decode import ImageError, decode_rgb
 from resnets.data.imagenet import EIGVAL, EIGVEC, lighting, scale_crop_flip
 from resnets.errors import UserError
+from resnets.rundir import RunDir, load_checkpoint
+from resnets.schedule import in_iterations, lr_factor, plateaus
 from resnets.serving.evaluate import evaluate, image_scores
 from resnets.training.loop import train
-from resnets.training.run import RunDir, load_checkpoint
-from resnets.training.schedule import in_iterations, lr_factor, plateaus
 
 from .fakedata import make_imagenet_folder
 

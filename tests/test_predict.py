@@ -13,12 +13,12 @@ from resnets.cli import main
 from resnets.data import load_digits, load_folder
 from resnets.data.decode import decode_rgb, to_channels
 from resnets.data.folders import resize_center_crop, scan_folder
+from resnets.preprocessing import Preprocessing
+from resnets.rundir import FORMAT, load_checkpoint
 from resnets.serving.evaluate import evaluate
 from resnets.serving.inference import auto_mode
 from resnets.serving.predict import predict
-from resnets.serving.preprocessing import Preprocessing
 from resnets.training.loop import train
-from resnets.training.run import FORMAT, load_checkpoint
 
 from .conftest import torch_threads
 from .fakedata import make_image_folder

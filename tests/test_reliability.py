@@ -31,8 +31,8 @@ from resnets.config import load_config
 from resnets.data import FolderDataset, load_train_val
 from resnets.data.decode import ImageError, decode_rgb, to_channels
 from resnets.errors import UserError
+from resnets.rundir import RunDir, load_checkpoint
 from resnets.training.loop import train
-from resnets.training.run import RunDir, load_checkpoint
 
 from .conftest import torch_threads
 from .fakedata import Payload

@@ -19,10 +19,10 @@ from resnets.cli import main
 from resnets.data import load_digits, normalize
 from resnets.data.decode import decode_rgb, to_mode
 from resnets.data.folders import resize_center_crop
+from resnets.preprocessing import Preprocessing
+from resnets.rundir import RunDir, load_checkpoint, save_checkpoint
 from resnets.serving.evaluate import evaluate, evaluate_checkpoint
 from resnets.serving.export import export
-from resnets.serving.preprocessing import Preprocessing
-from resnets.training.run import RunDir, load_checkpoint, save_checkpoint
 
 from .fakedata import make_imagenet_folder
 from .test_predict import train_briefly

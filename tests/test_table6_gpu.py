@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from resnets.training.run import load_checkpoint
+from resnets.rundir import load_checkpoint
 
 from .fakedata import make_image_folder
 

@@ -14,10 +14,10 @@ from resnets.data import SOURCES, Dataset, FolderDataset, ImageNetFolder, load_d
 from resnets.data.sources import load_splits
 from resnets.models.blocks import BLOCK_TYPES, SHORTCUT_TYPES, STEMS, BlockType, ConvSpec
 from resnets.paper.responses import three_by_three_bns
+from resnets.schedule import SCHEDULES, lr_factor
 from resnets.serving.export import FORMATS, RETIRED, export
 from resnets.serving.inference import MODES, Mode, fold_batchnorm, prepare
 from resnets.serving.predict import predict
-from resnets.training.schedule import SCHEDULES, lr_factor
 
 from .fakedata import make_cifar_archive, make_image_folder, make_imagenet_folder, write_targz
 
@@ -63,7 +63,7 @@ def test_a_new_block_type_is_one_entry(monkeypatch):
     assert message == "groups and width_per_group apply to bottleneck blocks; widen triple blocks with widths"
 
 
-# ---------------------------------------------------------------------------------------- training/schedule.py
+# ------------------------------------------------------------------------------------------------- schedule.py
 
 def test_schedule_kinds_are_the_schedule_table(monkeypatch):
     message = one_line_error(load_config, None, ["schedule.kind=constant"])

@@ -11,8 +11,8 @@ import numpy as np
 from PIL import Image
 
 from resnets.cli import main
+from resnets.rundir import load_checkpoint
 from resnets.terminal import plain, shown
-from resnets.training.run import load_checkpoint
 
 from .test_reliability import tiny_args
 

@@ -17,10 +17,10 @@ from resnets.cli import main
 from resnets.config import ScheduleSection, load_config
 from resnets.data import load_digits
 from resnets.errors import UserError
+from resnets.rundir import RunDir, load_checkpoint
+from resnets.schedule import lr_factor
 from resnets.serving.weights import load_model
 from resnets.training.loop import train
-from resnets.training.run import RunDir, load_checkpoint
-from resnets.training.schedule import lr_factor
 
 from .fakedata import make_cifar_archive, make_image_folder
 

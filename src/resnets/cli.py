@@ -38,7 +38,7 @@ def cmd_summary(args) -> None:
 
 def cmd_train(args) -> int | None:
     from .config import help_keys, list_recipes, load_config
-    from .training.run import RunDir
+    from .rundir import RunDir
 
     if args.help_keys:  # the values this command would train with, not the dataclasses' defaults
         print(help_keys(load_config(args.recipe or DEFAULT_RECIPE, args.overrides)))
@@ -126,7 +126,7 @@ def cmd_responses(args) -> None:
 def cmd_report(args) -> None:
     from . import files
     from .paper.report import markdown, run_row
-    from .training.run import find_runs
+    from .rundir import find_runs
 
     text = markdown([run_row(run) for run in find_runs(args.runs)])
     if args.out:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from .errors import UserError, close_matches, did_you_mean
 from .models import ResNetConfig, model_config
-from .training.schedule import SCHEDULES
+from .schedule import SCHEDULES, ScheduleSection
 
 
 @dataclass
@@ -65,28 +65,6 @@ class OptimSection:
     # True: every weight decays, BN's too (the paper: Caffe's default); false: the 1-d ones (BN's scales and shifts,
     # biases) do not, a choice of fast recipes.
     decay_bn_and_bias: bool = True
-
-
-@dataclass
-class ScheduleSection:
-    kind: str = "step"  # a key of training.schedule.SCHEDULES: step (the paper's CIFAR), plateau (its ImageNet), ...
-    # "epoch": iterations, milestones, warmup_iterations and run.eval_every count epochs (of the N x batch_size
-    # images steps that N processes take), so that one recipe keeps its epochs on any number of processes.
-    unit: str = "iteration"
-    iterations: int = 64_000
-    milestones: list[int] = field(default_factory=lambda: [32_000, 48_000])  # step: lr /= 10 at each
-    gamma: float = 0.1
-    warmup_iterations: int = 0
-    # "constant": lr * warmup_factor during warm-up, then the schedule (the paper's ResNet-110: 0.01 then 0.1);
-    # "linear": ramp from lr * warmup_factor up to lr.
-    warmup: str = "constant"
-    # Of the one-process lr: N processes warm up from warmup_factor x lr to N x lr ("linear", 1.0: Goyal et al.'s
-    # gradual warm-up, which is no warm-up at all on one process).
-    warmup_factor: float = 0.1
-    # plateau: lr *= gamma after `patience` evaluations in a row that do not lower the best validation top-1
-    # error by more than min_delta (fraction, 0.001 = 0.1 points); the count then starts again.
-    patience: int = 5
-    min_delta: float = 0.001
 
 
 @dataclass

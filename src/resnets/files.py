@@ -3,7 +3,7 @@
 Checkpoints, config.toml, metrics.jsonl, plots, the decoded-folder cache, exports and experiment outputs all go
 through `replacing`, so a reader never sees half a file and a failed write leaves the previous file as it was. A
 process killed during a write leaves at worst a temp file matching TEMP_GLOB, which no loader looks at and the next
-run in a run directory removes (training.run.RunDir.lock). A write the machine refuses (disk full, read-only disk, no
+run in a run directory removes (rundir.RunDir.lock). A write the machine refuses (disk full, read-only disk, no
 permission), however the writing library wraps the error, becomes one WriteFailure line naming the file.
 """
 

@@ -43,7 +43,7 @@ def is_name(text: str) -> bool:
     return bool(NAME.fullmatch(text)) and not Path(text).exists()
 
 
-def weights_file(name: str) -> Path:
+def packaged_file(name: str) -> Path:
     """The packaged safetensors file of `name` ("resnet20:cifar10"), checked against its sha256."""
     if name not in PRETRAINED:
         shipped = ", ".join(PRETRAINED) or "none yet"

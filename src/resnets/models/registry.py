@@ -5,7 +5,9 @@ import re
 from dataclasses import replace
 
 from ..errors import UserError, close_matches, did_you_mean
+from . import weights_file
 from .presets import PRESETS
+from .pretrained import packaged_file
 from .resnet import ResNet, ResNetConfig
 
 
@@ -42,13 +44,12 @@ def create_model(name: str, num_classes: int | None = None, pretrained: str | No
     config = model_config(name, num_classes, **overrides)
     if pretrained is None:
         return ResNet(config)
-    from ..serving.weights import load_model  # imported here: resnets.serving.weights imports this package
-    from .pretrained import weights_file
-
-    model, _ = load_model(weights_file(f"{name}:{pretrained}"))
-    if model.config != config:
-        theirs, ours = model.config.to_dict(), config.to_dict()
+    shipped, state, _, _ = weights_file.read(packaged_file(f"{name}:{pretrained}"))
+    if ResNetConfig(**shipped) != config:
+        theirs, ours = ResNetConfig(**shipped).to_dict(), config.to_dict()
         key = next(k for k in ours if ours[k] != theirs[k])
         raise UserError(f"the {name}:{pretrained} weights have {key}={theirs[key]!r}, not {ours[key]!r}: leave "
                         f"{key} out to load them")
-    return model.train()
+    model = ResNet(config)
+    model.load_state_dict(state)
+    return model

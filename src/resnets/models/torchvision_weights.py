@@ -11,7 +11,7 @@ from .resnet import ResNet
 
 # What torchvision's ImageNet weights (IMAGENET1K_V1, the files named <arch>-<hash>.pth) were trained and are
 # evaluated with: per-channel mean and std of ImageNet, shorter side resized to 256, centre 224 crop
-# (torchvision.models.ResNet50_Weights.IMAGENET1K_V1.transforms()); as serving.preprocessing.Preprocessing.from_dict
+# (torchvision.models.ResNet50_Weights.IMAGENET1K_V1.transforms()); as preprocessing.Preprocessing.from_dict
 # reads it.
 PREPROCESSING = {"mean": (0.485, 0.456, 0.406), "std": (0.229, 0.224, 0.225), "input_size": 224, "resize": 256,
                  "in_channels": 3}

@@ -14,7 +14,7 @@ from ..config import Config, PaperSection, load_config
 from ..errors import UserError
 from ..models import ResNet, ResNetConfig
 from ..plots import plot_comparison
-from ..training.run import RunDir, load_checkpoint
+from ..rundir import RunDir, load_checkpoint
 from . import outputs
 from .report import evaluated_on, legs
 

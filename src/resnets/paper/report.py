@@ -1,8 +1,8 @@
 """A reproduction report: each run's measured error beside the figure the paper reports for its recipe."""
 
 from ..errors import UserError
-from ..training.run import RunDir
-from ..training.schedule import scheduled_steps
+from ..rundir import RunDir
+from ..schedule import scheduled_steps
 
 
 def evaluated_on(data) -> str:

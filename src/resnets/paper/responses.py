@@ -13,8 +13,8 @@ import torch
 
 from ..data import BatchLoader, load_train_val, normalize
 from ..errors import UserError
+from ..rundir import RunDir, iteration_of
 from ..serving.weights import load_model
-from ..training.run import RunDir, iteration_of
 
 
 def three_by_three_bns(model) -> list[torch.nn.Module]:

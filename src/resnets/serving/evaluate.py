@@ -13,7 +13,7 @@ from ..config import DataSection
 from ..data import BatchLoader, default_workers, load_eval_set, match_classes, normalize
 from ..data.imagenet import PAPER_SCALES
 from ..errors import UserError
-from .preprocessing import Preprocessing
+from ..preprocessing import Preprocessing
 from .weights import load_model
 
 # The test protocols, with the images per evaluation batch of each: ten crops make ten network inputs per image,

@@ -19,13 +19,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors.torch import save_file
 
 from .. import files
 from ..errors import UserError
-from ..models import ResNet
-from .preprocessing import Preprocessing
-from .weights import FORMAT, STATS, load_model
+from ..models import ResNet, weights_file
+from ..preprocessing import Preprocessing
+from .weights import load_model
 
 TOLERANCE = 1e-4  # max abs difference on logits between an export and PyTorch fp32 (see export())
 # Formats once offered, or asked for, that are refused with the reason and what to use instead.
@@ -72,11 +71,7 @@ def _check_images(pre: Preprocessing, n: int = 3) -> torch.Tensor:
 
 
 def _metadata(info: dict, stats: bool) -> dict[str, str]:
-    """str -> str metadata; mean/std as nested lists when `stats` (safetensors stores them as tensors)."""
-    stored = info["preprocessing"].to_dict()
-    pre = {k: (v.tolist() if k in STATS else v) for k, v in stored.items() if stats or k not in STATS}
-    return {"format": FORMAT, "model_config": json.dumps(info["model_config"]), "classes": json.dumps(info["classes"]),
-            "preprocessing": json.dumps(pre)}
+    return weights_file.metadata(info["model_config"], info["classes"], info["preprocessing"].to_dict(), stats)
 
 
 def _example(info: dict) -> torch.Tensor:
@@ -131,9 +126,7 @@ def _run_pt2(path: str, x: torch.Tensor) -> torch.Tensor:
 # safetensors -----------------------------------------------------------------------------------------------------
 
 def _save_safetensors(model: ResNet, info: dict, path: str) -> None:
-    tensors = {k: v.contiguous() for k, v in model.state_dict().items()}
-    tensors |= {f"preprocessing.{k}": getattr(info["preprocessing"], k).contiguous() for k in STATS}
-    save_file(tensors, path, metadata=_metadata(info, stats=False))
+    weights_file.write(path, model.state_dict(), info["model_config"], info["classes"], info["preprocessing"].to_dict())
 
 
 def _run_safetensors(path: str, x: torch.Tensor) -> torch.Tensor:

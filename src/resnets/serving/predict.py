@@ -1,7 +1,7 @@
 """Classify image files with a trained network, preprocessed exactly as its training data was.
 
 Each file is decoded as training folders decode theirs (data.decode.decode_rgb), then brought to the network's
-input by the preprocessing that travels with the weights (serving.preprocessing.Preprocessing): channels,
+input by the preprocessing that travels with the weights (preprocessing.Preprocessing): channels,
 shorter side resized, centre crop, normalisation. A file that cannot be read is reported and skipped; the others
 are still classified.
 """
@@ -14,8 +14,8 @@ import torch
 from ..data.decode import MAX_PIXELS, ImageError, decode_rgb
 from ..data.folders import IMAGE_EXTENSIONS
 from ..errors import UserError
+from ..preprocessing import Preprocessing
 from .inference import MODES, auto_mode, prepare
-from .preprocessing import Preprocessing
 
 
 def image_files(inputs: Iterable[str | Path]) -> list[Path]:

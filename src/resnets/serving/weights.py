@@ -4,31 +4,25 @@
 name of packaged weights; eval, predict, embed, export, fine-tuning and the paper's commands all load through it.
 """
 
-import json
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError, safe_open
-from safetensors.torch import load_file
 
 from ..errors import UserError, first_line
-from ..models import ResNet, ResNetConfig, pretrained
-from ..training.run import load_checkpoint
-from .preprocessing import Preprocessing
-
-FORMAT = "resnets-export-1"  # metadata "format" of every export (serving.export writes it)
-STATS = ("mean", "std")  # the preprocessing's tensors; an export stores the rest of it as JSON
+from ..models import ResNet, ResNetConfig, pretrained, weights_file
+from ..preprocessing import Preprocessing
+from ..rundir import load_checkpoint
 
 
 def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[ResNet, dict]:
     """(network in eval mode, info) from a checkpoint, a run directory (its newest checkpoint), a safetensors
     export or the name of packaged weights ("resnet20:cifar10", see resnets.models.pretrained). info = {"classes",
-    "preprocessing" (a serving.preprocessing.Preprocessing), "model_config"}. Nothing is unpickled beyond tensors
+    "preprocessing" (a preprocessing.Preprocessing), "model_config"}. Nothing is unpickled beyond tensors
     (checkpoints: weights_only=True).
     """
-    path = pretrained.weights_file(path) if pretrained.is_name(str(path)) else Path(path)
-    if is_safetensors(path):
-        config, state, classes, pre = _read_safetensors(path)
+    path = pretrained.packaged_file(path) if pretrained.is_name(str(path)) else Path(path)
+    if weights_file.is_safetensors(path):
+        config, state, classes, pre = weights_file.read(path)
     elif path.suffix == ".safetensors" and path.is_file():
         raise UserError(f"{path} is not a safetensors file")
     else:
@@ -47,26 +41,3 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[Re
     info = {"classes": list(classes), "preprocessing": Preprocessing.from_dict(pre),
             "model_config": model.config.to_dict()}
     return model.to(device).eval(), info
-
-
-def is_safetensors(path: Path) -> bool:
-    """A safetensors file starts with its JSON header's length (8 bytes, little-endian), then '{'."""
-    if not path.is_file():
-        return False
-    with open(path, "rb") as f:
-        head = f.read(9)
-    return len(head) == 9 and head[8:] == b"{" and int.from_bytes(head[:8], "little") <= path.stat().st_size - 8
-
-
-def _read_safetensors(path: Path) -> tuple[dict, dict, list[str], dict]:
-    """(model_config, state_dict, classes, preprocessing dict) of a safetensors export."""
-    try:
-        with safe_open(path, "pt") as f:
-            meta = f.metadata() or {}
-        if meta.get("format") != FORMAT:
-            raise UserError(f"{path} is a safetensors file but not a resnets export (no format={FORMAT} metadata)")
-        state = load_file(path)
-        pre = json.loads(meta["preprocessing"]) | {k: state.pop(f"preprocessing.{k}") for k in STATS}
-        return json.loads(meta["model_config"]), state, json.loads(meta["classes"]), pre
-    except (SafetensorError, OSError, KeyError, ValueError) as e:
-        raise UserError(f"{path} is a damaged resnets safetensors export ({str(e).strip()[:120]})") from None

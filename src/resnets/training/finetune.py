@@ -22,8 +22,9 @@ from ..config import Config
 from ..errors import UserError
 from ..models import ResNet, ResNetConfig
 from ..models.torchvision_weights import PREPROCESSING, read_torchvision
-from ..serving.preprocessing import Preprocessing
-from ..serving.weights import is_safetensors, load_model
+from ..models.weights_file import is_safetensors
+from ..preprocessing import Preprocessing
+from ..serving.weights import load_model
 
 # ResNetConfig fields that decide what the network computes; the others are the classifier's size or act only in
 # training (dropout, drop_path, zero_init_last's initialisation), which fine-tuning may change.

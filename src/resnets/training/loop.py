@@ -1,6 +1,6 @@
 """train(cfg, run_dir): the paper's training loop, readable top to bottom.
 
-`train` sets up (the data, the network, the optimizer), starts or resumes the run's TrainState (training/run.py
+`train` sets up (the data, the network, the optimizer), starts or resumes the run's TrainState (rundir.py
 owns the run directory and its checkpoints), then steps, evaluating and saving every run.eval_every iterations.
 The learning rate is a pure function of the iteration (`lr_at`), set on the optimizer before every step.
 `resume=True` continues a run from its newest checkpoint to the configured end; on CPU the result is
@@ -29,12 +29,12 @@ from ..data import BatchLoader, Dataset, default_workers, lighting, load_train_v
 from ..errors import UserError
 from ..models import ResNet
 from ..plots import plot_curves
+from ..preprocessing import Preprocessing
+from ..rundir import RunDir, TrainState
+from ..schedule import in_iterations, lr_factor
 from ..serving.evaluate import evaluate
-from ..serving.preprocessing import Preprocessing
 from . import finetune
 from .optimizer import sgd
-from .run import RunDir, TrainState
-from .schedule import in_iterations, lr_factor
 
 
 def train(cfg: Config, run_dir: str | Path, resume: bool = False) -> dict:

@@ -24,13 +24,13 @@ from pathlib import Path
 import tomli_w
 import torch
 
-from .. import distributed, files
-from ..config import Config, from_dict, load_config
-from ..errors import EnvironmentFailure, UserError, first_line
-from ..models import ResNet
-from ..serving.preprocessing import Preprocessing
-from ..terminal import shown
+from . import distributed, files
+from .config import Config, from_dict, load_config
+from .errors import EnvironmentFailure, UserError, first_line
+from .models import ResNet
+from .preprocessing import Preprocessing
 from .schedule import scheduled_steps
+from .terminal import shown
 
 FORMAT = "resnets-checkpoint-2"
 # Format 1 also held a LambdaLR's state; the lr is now a function of the iteration, so nothing else differs.

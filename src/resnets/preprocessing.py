@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..errors import UserError
+from .errors import UserError
 
 KEYS = ("mean", "std", "input_size", "resize", "in_channels")  # the stored dict's keys, in its order
 
@@ -57,14 +57,14 @@ class Preprocessing:
         """A decoded uint8 (C, H, W) image as uint8 `shape`: everything but the normalisation, which `normalize`
         does on a whole batch (on its device: uint8 is a quarter of float32 to move there)."""
         # Imported here: resnets.data imports torchvision (seconds), and `import resnets` imports this module.
-        from ..data.decode import to_channels
-        from ..data.folders import resize_center_crop
+        from .data.decode import to_channels
+        from .data.folders import resize_center_crop
 
         return resize_center_crop(to_channels(image, self.in_channels), self.resize, self.input_size)
 
     def normalize(self, images: torch.Tensor) -> torch.Tensor:
         """uint8 images of `shape` (any leading dimensions) -> float32 (x / 255 - mean) / std, on their device."""
-        from ..data import normalize
+        from .data import normalize
 
         return normalize(images, self.mean, self.std)
 
