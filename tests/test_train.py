@@ -15,9 +15,9 @@ import resnets.training.loop
 from resnets import runtime
 from resnets.cli import main
 from resnets.config import ScheduleSection, load_config
-from resnets.data import load_digits
+from resnets.data import cutout, load_digits, normalization_stats
 from resnets.errors import UserError
-from resnets.rundir import RunDir, load_checkpoint
+from resnets.rundir import RunDir, TrainState, load_checkpoint
 from resnets.schedule import lr_factor
 from resnets.serving.weights import load_model
 from resnets.training.loop import train
@@ -309,6 +309,35 @@ def test_eval_val_split_scores_the_images_the_run_held_out(tmp_path, capsys):
     assert held_out["loss"] == pytest.approx(result["val_loss"], rel=1e-4)  # the very images, not 9 like them
     assert main(args) == 0  # another seed, other images
     assert json.loads(capsys.readouterr().out)["loss"] != pytest.approx(result["val_loss"], rel=1e-4)
+
+
+def test_cutout_sets_a_square_to_the_mean_clipped_at_the_border():
+    x = torch.ones(3, 2, 8, 8)
+    where = torch.tensor([[0.5, 0.5], [0.0, 0.0], [0.99, 0.6]])  # centres (4, 4), (0, 0), (7, 4)
+    out = cutout(x, 4, where)
+    expected = torch.ones(3, 8, 8)
+    expected[0, 2:6, 2:6] = 0  # the whole square
+    expected[1, 0:2, 0:2] = 0  # its lower right quarter: the rest lies beyond the top left corner
+    expected[2, 5:8, 2:6] = 0  # three of its rows
+    assert torch.equal(out, expected[:, None].expand(3, 2, 8, 8))
+
+
+@pytest.mark.parametrize("side", [0, 3])
+def test_a_training_step_with_data_cutout_feeds_the_network_squares_of_the_mean(side):
+    """The images reaching the first convolution have the loader's cutout squares at 0 (channel normalisation: no
+    other pixel is exactly the mean), and none without it."""
+    s = resnets.training.loop.set_up(tiny(**{"data.cutout": side, "data.normalize": "channel"}))
+    s.mean, s.std = normalization_stats(s.train_set, "channel")
+    seen = []
+    first = next(m for m in s.model.modules() if isinstance(m, torch.nn.Conv2d))
+    first.register_forward_pre_hook(lambda module, args: seen.append(args[0].detach().clone()))
+    s.step_model = s.model
+    state = TrainState(s.model, s.optimizer, iteration=5)
+    images, labels = next(s.loader.epoch(0, start=5))
+    resnets.training.loop.step(s, state, images, labels, epoch=0)
+    zeros = (seen[0] == 0).all(1).sum((1, 2))  # per image: pixels 0 in every channel
+    squares = (cutout(torch.ones(len(labels), 1, 8, 8), side, s.loader.uniform(0, 5, 2)) == 0).sum((1, 2, 3))
+    assert torch.equal(zeros, squares) and (zeros.sum() > 0) == (side > 0)
 
 
 @pytest.mark.parametrize("decay_bn_and_bias", [True, False])

@@ -44,6 +44,7 @@ class DataSection:
     scale: list[int] = field(default_factory=list)
     resize: int = 0  # evaluation: shorter side resized to this before the centre crop (256); 0 = crop
     lighting: float = 0.0  # std of AlexNet's PCA colour noise (the paper's "standard color augmentation": 0.1)
+    cutout: int = 0  # side in pixels of the square Cutout (DeVries & Taylor 2017) sets to the mean; 0: none (paper)
     # With model.init: "init" normalises with the mean and std the weights were trained with (the network expects
     # them), "data" estimates new ones from this data as data.normalize says. Without model.init: always "data".
     stats: str = "init"
@@ -130,7 +131,7 @@ CHOICES = {
 RANGES = {
     "data.val_split": "[0, inf)", "data.pad": "[0, 65536]", "data.image_size": "[0, 65536]",
     "data.workers": "[0, 1024]", "data.crop": "[0, 65536]", "data.scale": "[1, 65536]", "data.resize": "[0, 65536]",
-    "data.lighting": "[0, inf)", "model.freeze": "[0, 65536]", "run.procs": "[0, 1024]",
+    "data.lighting": "[0, inf)", "data.cutout": "[0, 65536]", "model.freeze": "[0, 65536]", "run.procs": "[0, 1024]",
     "optim.batch_size": "[1, inf)", "optim.lr": "(0, inf)", "optim.momentum": "[0, 1)",
     "optim.weight_decay": "[0, inf)", "optim.label_smoothing": "[0, 1)",
     "optim.backbone_lr_factor": "(0, 1]",

@@ -1,5 +1,5 @@
 from .arrays import ArrayDataset, match_classes, split_validation
-from .augment import normalization_stats, normalize, pad_crop_flip
+from .augment import cutout, normalization_stats, normalize, pad_crop_flip
 from .cifar import load_cifar
 from .digits import load_digits
 from .folders import FolderDataset, load_folder, scan_folder
@@ -8,7 +8,7 @@ from .loader import BatchLoader
 from .sources import SOURCES, Dataset, default_workers, load_eval_set, load_splits, load_train_val
 
 __all__ = [
-    "SOURCES", "ArrayDataset", "BatchLoader", "Dataset", "FolderDataset", "ImageNetFolder", "default_workers",
+    "SOURCES", "ArrayDataset", "BatchLoader", "Dataset", "FolderDataset", "ImageNetFolder", "cutout", "default_workers",
     "lighting", "load_cifar", "load_digits", "load_eval_set", "load_folder", "load_splits", "load_train_val",
     "match_classes", "normalization_stats", "normalize", "pad_crop_flip", "scan_folder", "split_validation",
 ]

@@ -32,6 +32,19 @@ def pad_crop_flip(images: torch.Tensor, pad: int, flip: bool, generator: torch.G
     return padded[batch, rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2).contiguous()
 
 
+def cutout(x: torch.Tensor, side: int, where: torch.Tensor) -> torch.Tensor:
+    """Cutout (DeVries & Taylor 2017) on a normalised (B, C, H, W) batch: a side x side square of each image set to
+    0, the mean, centred at (where[:, 0] x H, where[:, 1] x W) for (B, 2) draws in [0, 1); a square across the
+    border keeps its part inside, as theirs does."""
+    h, w = x.shape[-2:]
+    top = (where[:, :1] * h).long() - side // 2  # (B, 1)
+    left = (where[:, 1:] * w).long() - side // 2
+    rows, cols = torch.arange(h, device=x.device), torch.arange(w, device=x.device)
+    in_rows = (rows >= top.to(x.device)) & (rows < top.to(x.device) + side)  # (B, H)
+    in_cols = (cols >= left.to(x.device)) & (cols < left.to(x.device) + side)  # (B, W)
+    return x.masked_fill((in_rows[:, :, None] & in_cols[:, None, :])[:, None], 0)
+
+
 def normalize(images_uint8: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
     """float32 (x / 255 - mean) / std; mean and std broadcast against (C, H, W)."""
     x = images_uint8.float().div_(255)

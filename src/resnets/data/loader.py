@@ -73,8 +73,15 @@ class BatchLoader:
     def noise(self, epoch: int, batch: int, size: int) -> torch.Tensor:
         """Standard normal (b, size) for this process's images of batch `batch` of `epoch`: its rows of one draw
         for the whole step, as for the other augmentations."""
+        return self._draw(torch.randn, "noise", epoch, batch, size)
+
+    def uniform(self, epoch: int, batch: int, size: int) -> torch.Tensor:
+        """Uniform in [0, 1), (b, size), drawn as `noise` is."""
+        return self._draw(torch.rand, "uniform", epoch, batch, size)
+
+    def _draw(self, draw, name: str, epoch: int, batch: int, size: int) -> torch.Tensor:
         whole = min(self.batch_size * self.world, len(self.ds) - batch * self.batch_size * self.world)
-        return torch.randn(whole, size, generator=_generator("noise", self.seed, epoch, batch))[self._mine()]
+        return draw(whole, size, generator=_generator(name, self.seed, epoch, batch))[self._mine()]
 
     def _mine(self) -> slice:
         return slice(self.rank * self.batch_size, (self.rank + 1) * self.batch_size)

@@ -25,7 +25,16 @@ from tqdm import tqdm
 
 from .. import distributed, files, runtime
 from ..config import Config, ScheduleSection
-from ..data import BatchLoader, Dataset, default_workers, lighting, load_train_val, normalization_stats, normalize
+from ..data import (
+    BatchLoader,
+    Dataset,
+    cutout,
+    default_workers,
+    lighting,
+    load_train_val,
+    normalization_stats,
+    normalize,
+)
 from ..errors import UserError
 from ..models import ResNet
 from ..plots import plot_curves
@@ -216,6 +225,8 @@ def step(s: Setup, state: TrainState, images: torch.Tensor, labels: torch.Tensor
     x = normalize(images.to(s.device, non_blocking=True), s.mean, s.std)
     if cfg.data.lighting:  # AlexNet's colour noise, drawn like the other augmentations
         x = lighting(x, cfg.data.lighting * s.loader.noise(epoch, state.iteration % len(s.loader), 3), s.std)
+    if cfg.data.cutout:
+        x = cutout(x, cfg.data.cutout, s.loader.uniform(epoch, state.iteration % len(s.loader), 2))
     if cfg.run.channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
     labels = labels.to(s.device, non_blocking=True)
