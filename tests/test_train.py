@@ -311,6 +311,40 @@ def test_eval_val_split_scores_the_images_the_run_held_out(tmp_path, capsys):
     assert json.loads(capsys.readouterr().out)["loss"] != pytest.approx(result["val_loss"], rel=1e-4)
 
 
+def test_ema_follows_the_weights_sgd_steps():
+    """After each step: average <- decay x average + (1 - decay) x weights (the first step's weights as they are)."""
+    s = resnets.training.loop.set_up(tiny(**{"optim.ema_decay": 0.5, "run.precision": "fp32"}))
+    s.mean, s.std = normalization_stats(s.train_set, "pixel_mean")
+    s.step_model = s.model
+    state = TrainState(s.model, s.optimizer, average=s.average)
+    expected = None
+    for i, (images, labels) in zip(range(3), s.loader.epoch(0)):
+        resnets.training.loop.step(s, state, images, labels, epoch=0)
+        weights = [p.detach().clone() for p in s.model.parameters()]
+        expected = weights if expected is None else [0.5 * e + 0.5 * w for e, w in zip(expected, weights)]
+    averaged = list(s.average.module.parameters())
+    assert all(torch.allclose(a, e, atol=1e-7) for a, e in zip(averaged, expected))
+    assert not all(torch.equal(a, w) for a, w in zip(averaged, weights))
+
+
+def test_ema_run_evaluates_saves_and_resumes_the_average(tmp_path, capsys):
+    cfg = tiny(**{"optim.ema_decay": 0.9, "schedule.iterations": 8, "run.eval_every": 4, "run.precision": "fp32"})
+    last = train(cfg, tmp_path / "straight")
+    ckpt = load_checkpoint(tmp_path / "straight")
+    assert ckpt["n_averaged"] == 8 and any(not torch.equal(ckpt["model"][k], ckpt["sgd_model"][k]) for k in ckpt["model"])
+    # What eval, predict and export load ("model") is the network the run evaluated: the average, its BN recomputed.
+    capsys.readouterr()
+    assert main(["eval", str(tmp_path / "straight"), "--data", "digits", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["loss"] == pytest.approx(last["val_loss"], rel=1e-4)
+    # Interrupted after its first evaluation and resumed: the same averaged and SGD weights, bit for bit.
+    train(cfg, tmp_path / "resumed")
+    RunDir(tmp_path / "resumed").checkpoint_file(8).unlink()
+    train(cfg, tmp_path / "resumed", resume=True)
+    again = load_checkpoint(tmp_path / "resumed")
+    for key in ("model", "sgd_model"):
+        assert all(torch.equal(ckpt[key][k], again[key][k]) for k in ckpt[key]), key
+
+
 def test_cutout_sets_a_square_to_the_mean_clipped_at_the_border():
     x = torch.ones(3, 2, 8, 8)
     where = torch.tensor([[0.5, 0.5], [0.0, 0.0], [0.99, 0.6]])  # centres (4, 4), (0, 0), (7, 4)

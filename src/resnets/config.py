@@ -60,6 +60,10 @@ class OptimSection:
     nesterov: bool = False
     weight_decay: float = 1e-4
     label_smoothing: float = 0.0
+    # Weight averaging: an exponential moving average of the weights, updated after every step with this decay
+    # (e.g. 0.999: about the last 1,000 steps), evaluated and saved with BN statistics of its own, recomputed on
+    # training batches before each evaluation (training/loop.py). 0: off, the paper's.
+    ema_decay: float = 0.0
     # The lr of every layer but the classifier, as a fraction of lr: fine-tuning changes trained layers less than
     # the new classifier (resnets.training.optimizer.param_groups).
     backbone_lr_factor: float = 1.0
@@ -133,7 +137,7 @@ RANGES = {
     "data.workers": "[0, 1024]", "data.crop": "[0, 65536]", "data.scale": "[1, 65536]", "data.resize": "[0, 65536]",
     "data.lighting": "[0, inf)", "data.cutout": "[0, 65536]", "model.freeze": "[0, 65536]", "run.procs": "[0, 1024]",
     "optim.batch_size": "[1, inf)", "optim.lr": "(0, inf)", "optim.momentum": "[0, 1)",
-    "optim.weight_decay": "[0, inf)", "optim.label_smoothing": "[0, 1)",
+    "optim.weight_decay": "[0, inf)", "optim.label_smoothing": "[0, 1)", "optim.ema_decay": "[0, 1)",
     "optim.backbone_lr_factor": "(0, 1]",
     "schedule.iterations": "[1, inf)", "schedule.milestones": "[0, inf)", "schedule.gamma": "(0, 1]",
     "schedule.warmup_iterations": "[0, inf)", "schedule.warmup_factor": "[0, 1]", "schedule.patience": "[1, inf)",

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import tomli_w
 import torch
+from torch.optim.swa_utils import AveragedModel
 
 from . import distributed, files
 from .config import Config, from_dict, load_config
@@ -234,12 +235,18 @@ class TrainState:
     iteration: int = 0
     history: list[dict] = field(default_factory=list)
     preprocessing: Preprocessing | None = None
+    # optim.ema_decay: the averaged weights, which are what the run evaluates and serves ("model" in a checkpoint);
+    # the weights SGD steps are then "sgd_model".
+    average: AveragedModel | None = None
 
     def save(self, run: RunDir, cfg: Config, classes: list[str], world: int) -> None:
         """A checkpoint of this state at its iteration, also holding what eval/predict/export need."""
+        averaged = {}
+        if self.average:
+            averaged = {"sgd_model": self.model.state_dict(), "n_averaged": int(self.average.n_averaged)}
         save_checkpoint({
-            "format": FORMAT, "iteration": self.iteration, "config": cfg.to_dict(), "world_size": world,
-            "model_config": self.model.config.to_dict(), "model": self.model.state_dict(), "classes": list(classes),
+            "format": FORMAT, "iteration": self.iteration, "config": cfg.to_dict(), "world_size": world, **averaged,
+            "model_config": self.model.config.to_dict(), "model": self.served().state_dict(), "classes": list(classes),
             "preprocessing": self.preprocessing.to_dict(), "optimizer": self.optimizer.state_dict(),
             "rng": torch.get_rng_state(), "history": self.history,
             # Dropout and stochastic depth draw from the device's generator too.
@@ -261,7 +268,10 @@ class TrainState:
             raise UserError(f"{path} was trained by {ckpt.get('world_size', 1)} processes; resume it with as many "
                             f"(torchrun --nnodes x --nproc_per_node), not {world}")
         try:
-            self.model.load_state_dict(ckpt["model"])
+            self.model.load_state_dict(ckpt["sgd_model" if self.average else "model"])
+            if self.average:
+                self.average.module.load_state_dict(ckpt["model"])
+                self.average.n_averaged.fill_(ckpt["n_averaged"])
             self.optimizer.load_state_dict(ckpt["optimizer"])
             torch.set_rng_state(ckpt["rng"])
             if ckpt["cuda_rng"] and torch.cuda.is_available():
@@ -272,6 +282,10 @@ class TrainState:
         # The mean and std it was trained with, not a new estimate (none: from before they were saved).
         stored = ckpt.get("preprocessing")
         self.preprocessing = Preprocessing.from_dict(stored) if stored else None
+
+    def served(self) -> ResNet:
+        """The network the run evaluates and saves as its weights: the average of the weights, if it keeps one."""
+        return self.average.module if self.average else self.model
 
     def resume(self, run: RunDir, cfg: Config, world: int) -> None:
         """From the newest usable checkpoint of `run`, falling back past damaged or foreign ones; from iteration 0

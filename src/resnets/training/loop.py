@@ -13,6 +13,7 @@ the run directory and prints, and every rank reads the checkpoint when resuming.
 """
 
 import contextlib
+import itertools
 import math
 import time
 from dataclasses import dataclass
@@ -21,6 +22,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn, update_bn
 from tqdm import tqdm
 
 from .. import distributed, files, runtime
@@ -45,6 +47,10 @@ from ..serving.evaluate import evaluate
 from . import finetune
 from .optimizer import sgd
 
+# optim.ema_decay: the averaged weights' BN statistics are measured on this many training batches before each
+# evaluation (6,400 images at batch 128, a few percent of the work between two evaluations of the paper's recipe).
+BN_BATCHES = 50
+
 
 def train(cfg: Config, run_dir: str | Path, resume: bool = False) -> dict:
     """Train as `cfg` says, writing into `run_dir` (refused while another run writes there); returns the last
@@ -63,7 +69,7 @@ def _train(cfg: Config, run: RunDir, resume: bool) -> dict:
     if resume and run.is_run():
         run.check_config(cfg)  # before set_up, whose processes would wait for each other in vain
     s = set_up(cfg)
-    state = TrainState(s.model, s.optimizer)
+    state = TrainState(s.model, s.optimizer, average=s.average)
     if resume:
         state.resume(run, cfg, s.world)
     elif run.checkpoints():
@@ -109,6 +115,7 @@ class Setup:
     schedule: ScheduleSection  # counted in iterations
     eval_every: int  # iterations
     machine: str  # what the run runs on, for its first lines and legs.jsonl
+    average: AveragedModel | None  # optim.ema_decay's moving average of the weights
     step_model: torch.nn.Module | None = None  # the model as stepped: under DDP and torch.compile when asked
     mean: torch.Tensor | None = None  # the normalisation, on the device
     std: torch.Tensor | None = None
@@ -148,9 +155,12 @@ def set_up(cfg: Config) -> Setup:
                f"{'channels_last' if cfg.run.channels_last else 'NCHW'}, "
                f"{torch.get_num_threads() if device.type == 'cpu' else 1} thread(s) x {world} process(es)"
                f"{', freed memory kept' if kept else ''}")
+    average = None
+    if cfg.optim.ema_decay:  # a copy of the network whose weights follow the moving average
+        average = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg.optim.ema_decay))
     return Setup(cfg, device, bf16, world, batch_scale, rank == 0, train_set, val_set, workers, model, optimizer,
                  [g["lr"] for g in optimizer.param_groups], loader, in_iterations(cfg.schedule, len(loader)),
-                 cfg.run.eval_every * (len(loader) if cfg.schedule.unit == "epoch" else 1), machine)
+                 cfg.run.eval_every * (len(loader) if cfg.schedule.unit == "epoch" else 1), machine, average)
 
 
 def batch_share(cfg: Config, world: int) -> int:
@@ -238,6 +248,8 @@ def step(s: Setup, state: TrainState, images: torch.Tensor, labels: torch.Tensor
     s.optimizer.zero_grad(set_to_none=True)
     loss.backward()
     s.optimizer.step()
+    if s.average:
+        s.average.update_parameters(s.model)
     state.iteration += 1
     return loss, logits, labels
 
@@ -248,7 +260,9 @@ def evaluate_and_save(s: Setup, run: RunDir, state: TrainState, meter: "Meter", 
     meter.reduce()
     _check_finite("training", meter.loss(), iteration, run, bar)
     distributed.broadcast_buffers(s.model)  # evaluate and save rank 0's BN statistics everywhere
-    val = evaluate(s.model, s.val_set, s.mean, s.std, s.device, s.bf16, workers=s.workers)
+    if s.average:
+        _recompute_bn(s)
+    val = evaluate(state.served(), s.val_set, s.mean, s.std, s.device, s.bf16, workers=s.workers)
     _check_finite("validation", val["loss"], iteration, run, bar)  # weights broken by the last step
     history = state.history
     history.append({
@@ -266,6 +280,21 @@ def evaluate_and_save(s: Setup, run: RunDir, state: TrainState, meter: "Meter", 
         _log_tensorboard(tensorboard, history[-1])
         state.save(run, s.cfg, s.train_set.classes, s.world)
         plot_curves(history, run.curves_file, title=f"{s.cfg.model.name}")
+
+
+def _recompute_bn(s: Setup) -> None:
+    """BN statistics of the averaged weights' own: the running statistics the training steps kept are those of the
+    weights of the moment, not of their average (Izmailov et al. 2018, SWA). Measured in fp32 on the first
+    BN_BATCHES batches of the first epoch (augmented as in training: the statistics the weights trained under),
+    then rank 0's taken everywhere, as for the training weights."""
+    batches = itertools.islice(s.loader.epoch(0), BN_BATCHES)
+    update_bn((_inputs(s, images) for images, _ in batches), s.average.module)
+    distributed.broadcast_buffers(s.average.module)
+
+
+def _inputs(s: Setup, images: torch.Tensor) -> torch.Tensor:
+    x = normalize(images.to(s.device, non_blocking=True), s.mean, s.std)
+    return x.contiguous(memory_format=torch.channels_last) if s.cfg.run.channels_last else x
 
 
 def _compile_mode(device: torch.device, world: int) -> str | None:
