@@ -6,6 +6,7 @@ survived, damaged files tried); `pytest tests/test_reliability.py -v -s` shows t
 
 import errno
 import io
+import json
 import multiprocessing
 import os
 import pickle
@@ -465,6 +466,31 @@ def test_bad_data_is_converted_skipped_or_refused_before_training(tmp_path, caps
     err = one_line_error(capsys)
     assert f"{tmp_path / 'data' / 'val'} has class folders that training lacks (zebra)" in err
     assert not (tmp_path / "run2").exists()
+
+
+@pytest.mark.parametrize("loader", ["memory", "stream"])
+def test_eval_val_split_scores_the_images_the_run_held_out_among_unreadable_files(tmp_path, capsys, loader):
+    """Issue 39: `eval --val-split` (which streams the folder) scored other images than a run that read the folder
+    into memory had held out, since that run drew them from the readable files alone. Both draw from every file
+    listed now, and leave the unreadable ones among them out: the same images, the same count and error."""
+    from .fakedata import make_image_folder
+
+    root = make_image_folder(tmp_path / "data", classes=3, per_class=8, size=8)
+    for i in range(5):
+        (root / "c1" / f"broken{i}.png").write_bytes(b"not an image")
+    run = tmp_path / "run"
+    args = [f"data.path={root}", "data.val_split=10", "data.cache_dir=", f"data.loader={loader}", "data.workers=1",
+            *tiny_args(**{"schedule.iterations": 2, "run.eval_every": 2, "optim.batch_size": 4})]
+    with pytest.warns(UserWarning, match="broken"):
+        assert main(["train", "--out", str(run), *args]) == 0
+    last = RunDir(run).metrics()[-1]
+    capsys.readouterr()
+    with pytest.warns(UserWarning, match="broken"):  # some of the 10 held-out files are among the broken ones
+        assert main(["eval", str(run), "--data", str(root), "--val-split", "10", "--json"]) == 0
+    scored = json.loads(capsys.readouterr().out)
+    assert scored["images"] == last["val_images"] < 10
+    assert scored["top1_error"] == last["val_top1_error"]
+    assert scored["loss"] == pytest.approx(last["val_loss"], rel=1e-5)
 
 
 def test_16_bit_images_are_scaled_not_clipped_whichever_library_decodes_them(tmp_path):

@@ -1,6 +1,7 @@
 """Image folders (root/<class>/<image>): decoded into memory with a cache, or streamed from disk."""
 
 import copy
+import dataclasses
 import hashlib
 import json
 import os
@@ -146,7 +147,8 @@ def load_folder(root: str | Path, image_size: int | None = None, cache_dir: Path
         if cache is not None:
             _write_cache(cache, ds, skipped)
     _warn_skipped(skipped)
-    return ds
+    unread = set(skipped)
+    return dataclasses.replace(ds, unread=tuple(i for i, p in enumerate(paths) if str(p) in unread))
 
 
 class StreamedFolder(torch.utils.data.Dataset):
@@ -171,6 +173,19 @@ class StreamedFolder(torch.utils.data.Dataset):
 
     def __len__(self) -> int:
         return len(self.paths)
+
+    def listing(self) -> tuple[torch.Tensor, int]:
+        """(each item's position in the list of files, its length): every file is an item, readable or not."""
+        return torch.arange(len(self)), len(self)
+
+    def _read(self, index: int) -> tuple[torch.Tensor | None, int, str]:
+        """(image, label, "") of the file at `index`, or (None, -1, its path) if it cannot be read: counted out of
+        an evaluation, which a stand-in would score twice."""
+        path = os.fsdecode(self.paths[index])
+        try:
+            return decode_rgb(path), int(self.labels[index]), ""
+        except ImageError:
+            return None, -1, path
 
     def _first_readable(self, index: int) -> tuple[torch.Tensor, int, str]:
         """(image, label, unreadable paths passed over) of the first readable file from `index` on, wrapping
@@ -258,17 +273,30 @@ class FolderDataset(StreamedFolder):
     """A streamed folder of images brought to one size: items are (uint8 (3, S, S) image, label, unreadable
     paths met), each image resized (shorter side) and centre-cropped to S, with S = `image_size` or the first
     image's width. Augmentation is not done here but on whole batches by the loader, exactly as for in-memory
-    data, so both paths train identically. An unreadable file is stood in for by the next readable one.
+    data, so both paths train identically. An unreadable file is stood in for by the next readable one in
+    training, and counted out (label -1) of an evaluation (for_evaluation).
     """
 
     def __init__(self, root: str | Path, image_size: int | None = None):
         super().__init__(root)
         self.size = image_size or self._first_readable(0)[0].shape[-1]
+        self.evaluating = False
 
     @property
     def image_shape(self) -> tuple[int, int, int]:
         return 3, self.size, self.size
 
+    def for_evaluation(self) -> "FolderDataset":
+        """This folder as evaluation reads it: each image once, an unreadable one counted out, none standing in."""
+        part = copy.copy(self)
+        part.evaluating, part._loader = True, None
+        return part
+
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int, str]:
-        image, label, skipped = self._first_readable(index)
+        if self.evaluating:
+            image, label, skipped = self._read(index)
+            if image is None:  # a placeholder keeps the batch's shape
+                return torch.zeros(self.image_shape, dtype=torch.uint8), label, skipped
+        else:
+            image, label, skipped = self._first_readable(index)
         return resize_center_crop(image, self.size, self.size), label, skipped

@@ -247,7 +247,7 @@ def evaluate_and_save(s: Setup, run: RunDir, state: TrainState, meter: "Meter", 
     history.append({
         "iteration": iteration, "epoch": round(iteration / len(s.loader), 3), "lr": lr_at(s, iteration - 1, history)[-1],
         "train_loss": meter.loss(), "train_error": meter.error(), "val_loss": val["loss"],
-        "val_top1_error": val["top1_error"], "val_top5_error": val["top5_error"],
+        "val_top1_error": val["top1_error"], "val_top5_error": val["top5_error"], "val_images": val["images"],
         "images_per_s": round(meter.rate(), 1),
         "wall_s": round((history[-1]["wall_s"] if history else 0) + meter.elapsed(), 2),
     })
