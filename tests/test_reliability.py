@@ -606,3 +606,36 @@ def test_a_decompression_bomb_in_a_training_folder_is_skipped_before_it_is_decod
     views = ImageNetFolder(tmp_path, crop=8, resize=8)
     labels = [views[i][1] for i in range(len(views))]
     assert sorted(labels) == [-1, 0, 1]  # counted out of an evaluation
+
+
+# ------------------------------------------------------------------- issue 39: a hostile new user's 278 tries
+
+
+# `resnets ARGS` in a fresh interpreter whose every temp file is a link to /dev/full (test_files.full).
+ON_A_FULL_DISK = ("import sys\nfrom resnets import files\nfrom resnets.cli import main\n"
+                  "def full(path):\n    tmp = path.with_name(f'.{path.name}.full.tmp')\n"
+                  "    tmp.symlink_to('/dev/full')\n    return tmp\n"
+                  "files._create_temp = full\nsys.exit(main(sys.argv[1:]))\n")
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    """A finished tiny() run directory (12 iterations, a checkpoint every 4)."""
+    run = tmp_path_factory.mktemp("tiny_run") / "run"
+    with torch_threads(1):
+        train(tiny(), run)
+    return run
+
+
+def test_a_pt2_export_onto_a_full_disk_is_one_line_not_an_abort(tiny_run, tmp_path):
+    """torch's zip writer, refused a write, threw again from its destructor when the interpreter ended: C++
+    terminate, exit 134, after the right line. In a fresh interpreter (a forked child ends without running it)."""
+    out = tmp_path / "b.pt2"
+    done = subprocess.run([sys.executable, "-c", ON_A_FULL_DISK, "export", str(tiny_run), "--out", str(out)],
+                          capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=300)
+    assert (done.returncode, done.stderr) == (1, f"resnets export: error: cannot write {out} (No space left on "
+                                                 "device); the files written before are intact: free some space, "
+                                                 "then run the command again\n")
+    assert list(tmp_path.iterdir()) == []
+
+

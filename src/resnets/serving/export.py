@@ -13,6 +13,7 @@ A file is written to a temporary name (files.replacing), read back and compared 
 of 3 random images, and renamed into place only if the logits agree within `TOLERANCE`.
 """
 
+import io
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -118,9 +119,12 @@ def _run_onnx(path: str, x: torch.Tensor) -> torch.Tensor:
 
 def _save_pt2(model: ResNet, info: dict, path: str) -> None:
     program = torch.export.export(model, (_example(info),), dynamic_shapes=({0: torch.export.Dim("batch")},))
-    # Files, not names: torch.export warns about archive names not ending in .pt2, and the temp file's ends in .tmp.
-    with open(path, "wb") as f:
-        torch.export.save(program, f, extra_files={"resnets.json": json.dumps(_metadata(info, stats=True))})
+    # Into memory, then to the file: torch's zip writer, refused a write (a full disk), raises, and then raises
+    # again from its destructor, which C++ cannot take: the process aborted (exit 134) after the one-line error.
+    # (And a file object, not a name: torch.export warns about names not ending in .pt2, as the temp file's.)
+    archive = io.BytesIO()
+    torch.export.save(program, archive, extra_files={"resnets.json": json.dumps(_metadata(info, stats=True))})
+    Path(path).write_bytes(archive.getbuffer())
 
 
 def _run_pt2(path: str, x: torch.Tensor) -> torch.Tensor:
