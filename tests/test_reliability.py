@@ -639,3 +639,31 @@ def test_a_pt2_export_onto_a_full_disk_is_one_line_not_an_abort(tiny_run, tmp_pa
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.parametrize("reader", ["/dev/full", "gone"])
+def test_an_output_that_refuses_writes_is_one_line_and_a_reader_gone_is_quiet(tiny_run, digits_png, monkeypatch,
+                                                                              capsys, reader):
+    """`predict --json > /dev/full` printed a traceback; `predict | head -n 1` a BrokenPipeError traceback. Now: one
+    line, exit 1; or nothing, as cat says nothing, and the status a shell gives cat there (128 + SIGPIPE)."""
+    if reader == "gone":  # a pipe whose reader has closed it: `| head -n 0`
+        read, write = os.pipe()
+        os.close(read)
+        stdout = open(write, "w")
+    else:
+        stdout = open(reader, "w")
+    monkeypatch.setattr(sys, "stdout", stdout)
+    with stdout:
+        status = main(["predict", str(tiny_run), str(digits_png), *(["--json"] if reader == "/dev/full" else [])])
+    if reader == "gone":
+        assert (status, capsys.readouterr().err) == (128 + signal.SIGPIPE, "")
+    else:
+        assert (status, one_line_error(capsys)) == (1, "resnets predict: error: cannot write the standard output (No "
+                                                       "space left on device); what was written is cut short: free "
+                                                       "some space, then run the command again\n")
+
+
+@pytest.fixture
+def digits_png(tmp_path) -> Path:
+    Image.new("L", (8, 8), 200).save(tmp_path / "x.png")
+    return tmp_path / "x.png"
+
+

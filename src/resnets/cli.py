@@ -3,6 +3,7 @@
 import argparse
 import json
 import os
+import signal
 import sys
 import time
 import traceback
@@ -12,7 +13,7 @@ import torch
 
 from . import __version__
 from .errors import UserError, first_line
-from .terminal import plain, shown
+from .terminal import ReaderGone, checked_stdout, plain, shown
 
 DEFAULT_RECIPE = "digits/resnet20"  # the embedded default: trains anywhere, no download
 
@@ -423,8 +424,10 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     debug = getattr(args, "debug", False)
     try:
-        with plain():
+        with plain(), checked_stdout():
             status = args.func(args) or 0
+    except ReaderGone:  # `resnets predict ... | head`: the reader has what it wanted; quiet, as cat is
+        return 128 + signal.SIGPIPE  # what a shell reports for cat there
     except UserError as e:
         if debug:
             traceback.print_exc()
