@@ -242,7 +242,7 @@ def _add_summary(jobs) -> None:
     """`resnets summary`."""
     p = jobs.add_parser("summary", help="parameters, multiply-adds and stage shapes of presets")
     p.add_argument("names", nargs="*", metavar="NAME", help="preset names (default: all)")
-    p.add_argument("--input-size", type=int, default=None, help="input side in pixels (default 224 / 32)")
+    p.add_argument("--input-size", type=_at_least(1), default=None, help="input side in pixels (default 224 / 32)")
     p.add_argument("--json", action="store_true", help="print JSON (one object for one name)")
     p.set_defaults(func=cmd_summary)
 
