@@ -667,3 +667,16 @@ def digits_png(tmp_path) -> Path:
     return tmp_path / "x.png"
 
 
+def test_predict_does_not_wait_on_a_named_pipe(tiny_run, tmp_path, capsys):
+    """A FIFO named explicitly blocked forever (one inside a scanned folder is skipped): reported, not read."""
+    fifo = tmp_path / "fifo.png"
+    os.mkfifo(fifo)
+    unblock = threading.Timer(20, lambda: os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)))
+    unblock.start()  # should the old behaviour come back: the test fails instead of hanging
+    start = time.perf_counter()
+    try:
+        assert main(["predict", str(tiny_run), str(fifo)]) == 1
+    finally:
+        unblock.cancel()
+    assert time.perf_counter() - start < 15
+    assert f"{fifo}: not a regular file (a named pipe, socket or device): not read" in one_line_error(capsys)
