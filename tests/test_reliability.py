@@ -518,7 +518,8 @@ def test_a_malicious_checkpoint_runs_nothing(tiny_reference, tmp_path, capsys):
     (run / "iter-0000011.pt").write_bytes(pickle.dumps(evil, protocol=2))  # a bare pickle
     (tmp_path / "garbage.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json at all}")
     capsys.readouterr()
-    for path, reason in [("run/iter-0000012.pt", "Weights only load failed"),
+    for path, reason in [("run/iter-0000012.pt", "was refused: it holds Python objects other than tensors (io.open), "
+                                                 "and loading them could run code, which resnets never does"),
                          ("run/iter-0000011.pt", "File is not a zip file"),
                          ("garbage.safetensors", "is a damaged")]:
         assert main(["eval", str(tmp_path / path), "--data", "digits"]) == 2
@@ -665,6 +666,18 @@ def test_an_output_that_refuses_writes_is_one_line_and_a_reader_gone_is_quiet(ti
 def digits_png(tmp_path) -> Path:
     Image.new("L", (8, 8), 200).save(tmp_path / "x.png")
     return tmp_path / "x.png"
+
+
+def test_a_refused_pickle_says_code_was_refused_and_no_reason_is_cut_mid_word(tmp_path, capsys):
+    evil = tmp_path / "evil.pt"
+    torch.save({"model": Payload(tmp_path / "pwned")}, evil)
+    assert main(["eval", str(evil), "--data", "digits"]) == 2
+    assert one_line_error(capsys) == (f"resnets eval: error: checkpoint {evil} was refused: it holds Python objects "
+                                      "other than tensors (io.open), and loading them could run code, which resnets "
+                                      "never does; a resnets checkpoint holds only tensors and plain values\n")
+    from resnets.errors import first_line
+
+    assert first_line(ValueError("a reason of many words " * 9), 30) == "a reason of many words a ..."
 
 
 def test_predict_does_not_wait_on_a_named_pipe(tiny_run, tmp_path, capsys):

@@ -15,6 +15,7 @@ import contextlib
 import fcntl
 import json
 import os
+import pickle
 import re
 import time
 import zipfile
@@ -214,6 +215,11 @@ def load_checkpoint(path: str | Path) -> dict:
         raise UserError(f"checkpoint {path} does not exist") from None
     except UserError:
         raise
+    except pickle.UnpicklingError as e:  # weights_only refused an object; torch's message is about its own options
+        named = re.search(r"GLOBAL (\S+)", str(e))
+        raise UserError(f"checkpoint {path} was refused: it holds Python objects other than tensors "
+                        f"({named[1] if named else 'pickled code'}), and loading them could run code, which resnets "
+                        "never does; a resnets checkpoint holds only tensors and plain values") from None
     except Exception as e:  # truncated zip, flipped bytes, a pickle that wants to run code: all refused
         raise UserError(f"checkpoint {path} is corrupt or not a resnets checkpoint ({first_line(e)})") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") not in READABLE:
