@@ -668,6 +668,48 @@ def digits_png(tmp_path) -> Path:
     return tmp_path / "x.png"
 
 
+def _misleading(run: Path, tmp: Path) -> list[tuple[list[str], str]]:
+    """The issue's commands that said something false or beside the point, and the one line each says now."""
+    (tmp / "exported.pt2").write_bytes(b"PK\3\4 a torch.export archive")
+    (tmp / "a_file").write_text("")
+    ckpt = run / "iter-0000012.pt"
+    return [
+        (["train", "--resume", str(ckpt)], f"{ckpt} is a checkpoint, not a run directory: resume its run with "
+                                           f"--resume {run}, which goes on from the newest usable checkpoint"),
+        (["train", "--resume", str(run), "--out", str(tmp / "other")], "--resume continues a run in its own "
+                                                                       "directory; drop --out"),
+        (["train", "--out", str(tmp / "a_file"), *tiny_args()], f"cannot create the run directory {tmp / 'a_file'}: "
+                                                                "a file is in the way; choose another --out"),
+        (["eval", str(tmp / "exported.pt2"), "--data", "digits"], f"{tmp / 'exported.pt2'} is a pt2 export, which "
+                                                                  "resnets does not read back: run it with "
+                                                                  "torch.export.load"),
+        (["eval", str(run), "--data", "digits", "--split-seed", "3"], "--split-seed says which images --val-split N "
+                                                                      "holds out; give --val-split too"),
+        (["predict", "--model", "resnet20", "x.png"], "resnet20 does not exist; packaged weights are named "
+                                                      "NETWORK:DATASET (resnet20:cifar10, "),
+        (["predict", "--model", "resnet20:cifar10"], "name the images (files or folders) to classify after "
+                                                     "resnet20:cifar10"),
+        (["predict"], "name the network (a checkpoint, run directory, .safetensors export, or --model "
+                      "NETWORK:DATASET), then the images to classify"),
+        (["export", str(run), "--out", str(tmp / "r.onnx"), "--format", "safetensors"],
+         f"--out {tmp / 'r.onnx'} has the extension of onnx files but --format is safetensors: give it the "
+         ".safetensors extension, or drop --format"),
+        (["embed", str(run), "x.png", "--out", str(tmp / "feat.txt")], f"--out {tmp / 'feat.txt'}: embed writes a "
+                                                                        "NumPy .npy file; give it a .npy name"),
+        *([] if torch.cuda.is_available() else [
+            (["predict", str(run), "x.png", "--device", "cuda"], "--device cuda but no CUDA device is available; use "
+                                                                 "--device cpu")]),
+    ]
+
+
+def test_misleading_messages_now_say_what_is_wrong(tiny_run, tmp_path, capsys):
+    for args, message in _misleading(tiny_run, tmp_path):
+        assert main(args) == 2, args
+        err = one_line_error(capsys)
+        assert err.startswith(f"resnets {args[0]}: error: {message}"), err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a_file", "exported.pt2"]  # nothing written
+
+
 def test_a_refused_pickle_says_code_was_refused_and_no_reason_is_cut_mid_word(tmp_path, capsys):
     evil = tmp_path / "evil.pt"
     torch.save({"model": Payload(tmp_path / "pwned")}, evil)

@@ -48,6 +48,9 @@ def cmd_train(args) -> int | None:
         print("\n".join(list_recipes()))
         return
     if args.resume:
+        if args.out:
+            raise UserError("--resume continues a run in its own directory; drop --out (or copy the run directory "
+                            "there and resume the copy)")
         run = RunDir(args.resume)
         cfg = run.config(args.overrides)
         if args.recipe:
@@ -135,10 +138,12 @@ def cmd_eval(args) -> None:
     from . import distributed, runtime
     from .serving.evaluate import evaluate_checkpoint
 
+    if args.split_seed is not None and not args.val_split:
+        raise UserError("--split-seed says which images --val-split N holds out; give --val-split too")
     runtime.keep_freed_memory()  # batch after batch frees and takes the same blocks, as a training step does
-    results = evaluate_checkpoint(args.checkpoint, args.data, args.protocol.split(","), device=args.device,
-                                  precision=args.precision, val_split=args.val_split, split_seed=args.split_seed,
-                                  scales=args.scales)
+    results = evaluate_checkpoint(args.checkpoint, args.data, args.protocol.split(","),
+                                  device=runtime.pick_device(args.device, "--device "), precision=args.precision,
+                                  val_split=args.val_split, split_seed=args.split_seed or 0, scales=args.scales)
     if distributed.rank() != 0:  # under torchrun every process has the results; one prints them
         return
     for result in results:
@@ -156,10 +161,14 @@ def cmd_predict(args) -> int:
     from .serving.weights import load_model
 
     runtime.keep_freed_memory()  # as in eval
-    source, inputs = (args.model, [args.checkpoint, *args.inputs]) if args.model else (args.checkpoint, args.inputs)
+    named = [args.checkpoint] if args.checkpoint else []
+    source, inputs = (args.model, [*named, *args.inputs]) if args.model else (args.checkpoint, args.inputs)
+    if not source:
+        raise UserError("name the network (a checkpoint, run directory, .safetensors export, or --model "
+                        "NETWORK:DATASET), then the images to classify")
     if not inputs:
         raise UserError(f"name the images (files or folders) to classify after {source}")
-    model, info = load_model(source, runtime.pick_device(args.device))
+    model, info = load_model(source, runtime.pick_device(args.device, "--device "))
     files = image_files(inputs)
     failed = 0
     for result in predict(model, info, files, args.top_k, args.batch_size, args.max_pixels or MAX_PIXELS, args.mode):
@@ -182,8 +191,11 @@ def cmd_embed(args) -> int:
     from .serving.predict import image_files
     from .serving.weights import load_model
 
+    if args.out and Path(args.out).suffix != ".npy":  # what it writes; another name would hide that
+        raise UserError(f"--out {args.out}: embed writes a NumPy .npy file; give it a .npy name (or --json for "
+                        "text)")
     runtime.keep_freed_memory()  # as in eval
-    model, info = load_model(args.checkpoint, runtime.pick_device(args.device))
+    model, info = load_model(args.checkpoint, runtime.pick_device(args.device, "--device "))
     results, failed = [], 0
     for result in embed(model, info, image_files(args.inputs), args.batch_size, args.max_pixels or MAX_PIXELS):
         if "error" in result:
@@ -312,7 +324,7 @@ def _add_eval(jobs) -> None:
     p.add_argument("--data", required=True, help="'digits', a CIFAR archive/folder (test split) or an image folder")
     p.add_argument("--val-split", type=_at_least(1), default=0, metavar="N",
                    help="measure the N training images that a run with data.val_split=N held out (the same ones)")
-    p.add_argument("--split-seed", type=_at_least(0), default=0, help="with --val-split: data.split_seed of the run")
+    p.add_argument("--split-seed", type=_at_least(0), help="with --val-split: data.split_seed of the run (default 0)")
     p.add_argument("--device", default="auto")
     p.add_argument("--precision", default="fp32", choices=CHOICES["run.precision"])
     p.add_argument("--protocol", default="center", type=_protocols,
@@ -330,8 +342,9 @@ def _add_predict(jobs) -> None:
     from .serving.inference import uncalibrated_modes  # the choices come from the table of modes
 
     p = jobs.add_parser("predict", help="classify image files with a checkpoint or safetensors export")
-    p.add_argument("checkpoint", help="a checkpoint, a run directory (its newest checkpoint), a .safetensors export "
-                                      "or packaged weights (resnet20:cifar10); with --model, the first image")
+    p.add_argument("checkpoint", nargs="?", help="a checkpoint, a run directory (its newest checkpoint), a "
+                                                   ".safetensors export or packaged weights (resnet20:cifar10); with "
+                                                   "--model, the first image")
     p.add_argument("inputs", nargs="*", metavar="IMAGE_OR_FOLDER", help="image files, or folders searched recursively")
     p.add_argument("--model", metavar="NETWORK:DATASET",
                    help="the packaged weights to use, e.g. resnet20:cifar10 (docs/PRETRAINED.md); every positional "

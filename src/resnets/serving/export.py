@@ -43,9 +43,13 @@ def export(source: str | Path, out: str | Path, format: str | None = None, toler
     leaves nothing at `out` if it is exceeded.
     """
     out = Path(out)
-    format = format or next((name for name, f in FORMATS.items() if out.suffix == f.extension), None)
+    named = next((name for name, f in FORMATS.items() if out.suffix == f.extension), None)  # by the extension
     if format in RETIRED:
         raise UserError(RETIRED[format])
+    if format and named and format != named:  # a file whose name says another format than it holds
+        raise UserError(f"--out {out} has the extension of {named} files but --format is {format}: give it the "
+                        f"{FORMATS[format].extension} extension, or drop --format")
+    format = format or named
     if format not in FORMATS:
         raise UserError(f"say --format {' or '.join(FORMATS)} (or give --out one of their extensions)")
     model, info = load_model(source)

@@ -32,7 +32,7 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[Re
     elif path.suffix == ".safetensors" and path.is_file():
         raise UserError(f"{path} is not a safetensors file")
     else:
-        ckpt = load_checkpoint(path)
+        ckpt = _checkpoint(path)
         missing = [k for k in ("model_config", "model", "classes", "preprocessing") if k not in ckpt]
         if missing:
             raise UserError(f"{path} lacks {', '.join(missing)}: not a complete resnets checkpoint")
@@ -47,6 +47,24 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[Re
     info = {"classes": list(classes), "preprocessing": Preprocessing.from_dict(pre),
             "model_config": model.config.to_dict()}
     return model.to(device).eval(), info
+
+
+def _checkpoint(path: Path) -> dict:
+    """load_checkpoint's contents; where `path` is not a checkpoint, a one-line error that says what it is."""
+    try:
+        return load_checkpoint(path)
+    except UserError:
+        from .export import FORMATS  # export reads weights through this module: imported here, when needed
+
+        export = next((name for name, f in FORMATS.items() if path.suffix == f.extension), None)
+        if export and path.is_file():
+            raise UserError(f"{path} is a {export} export, which resnets does not read back: run it with "
+                            f"{FORMATS[export].checker}, or give resnets the checkpoint, run directory or .safetensors "
+                            "export it came from") from None
+        if not path.exists() and path.name == str(path) and not path.suffix:  # a bare word: a network's name?
+            raise UserError(f"{path} does not exist; packaged weights are named NETWORK:DATASET "
+                            f"({', '.join(pretrained.PRETRAINED)}; docs/PRETRAINED.md)") from None
+        raise
 
 
 def is_safetensors(path: Path) -> bool:

@@ -58,8 +58,12 @@ class RunDir:
 
     def config(self, overrides: list[str] | dict = ()) -> Config:
         """The run's own config (with `overrides`); a UserError that says what to do if no run started here."""
+        if self.path.is_file() and CHECKPOINT.fullmatch(self.path.name):
+            raise UserError(f"{self.path} is a checkpoint, not a run directory: resume its run with --resume "
+                            f"{self.path.parent}, which goes on from the newest usable checkpoint")
         if not self.path.is_dir():
-            raise UserError(f"{self.path} is not a run directory: it does not exist")
+            raise UserError(f"{self.path} is not a run directory: " + ("it is a file" if self.path.exists()
+                                                                       else "it does not exist"))
         if not self.is_run():  # what a run killed before its first write leaves: nothing to resume from
             raise UserError(f"{self.path} has no config.toml: not a run directory, or its run was stopped before it "
                             f"started; start it again with the command that started it, with --out {self.path}")
@@ -113,6 +117,9 @@ class RunDir:
         try:
             self.path.mkdir(parents=True, exist_ok=True)
             fd = os.open(self.path, os.O_RDONLY)
+        except (FileExistsError, NotADirectoryError):  # the command's mistake, not the machine's
+            raise UserError(f"cannot create the run directory {self.path}: a file is in the way; choose another "
+                            "--out") from None
         except OSError as e:
             raise EnvironmentFailure(f"cannot create the run directory {self.path} ({e.strerror}); choose another "
                                      "--out") from None
