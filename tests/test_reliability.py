@@ -282,21 +282,28 @@ def test_resume_falls_back_past_damaged_and_foreign_checkpoints(tiny_reference, 
 
 
 def test_a_class_count_that_does_not_match_the_checkpoint(tmp_path, capsys):
-    """The data gained a class since the run started: resume refuses in one line; eval of a folder whose classes
-    the checkpoint lacks too."""
+    """The data gained a class since the run started, or a class was renamed: resume refuses in one line about the
+    data (issue 39: it blamed each checkpoint in turn, then found "no usable checkpoint"; a renamed class resumed,
+    mislabelled); eval of a folder whose classes the checkpoint lacks too."""
     from .fakedata import make_image_folder
 
     root = make_image_folder(tmp_path / "data", classes=3, per_class=4, size=8)
     args = [f"data.path={root}", "data.val_split=3", "data.cache_dir=",
-            *tiny_args(**{"schedule.iterations": 2, "run.eval_every": 2, "optim.batch_size": 4})]
+            *tiny_args(**{"schedule.iterations": 4, "run.eval_every": 2, "optim.batch_size": 4})]
     assert main(["train", "--out", str(tmp_path / "run"), *args]) == 0
     make_image_folder(tmp_path / "more", classes=4, per_class=4, size=8)
     (tmp_path / "more" / "c3").rename(root / "c3")
     capsys.readouterr()
     assert main(["train", "--resume", str(tmp_path / "run")]) == 2
-    assert "iter-0000002.pt is for 3 classes but the data has 4" in one_line_error(capsys)
+    assert capsys.readouterr() == ("", f"resnets train: error: data.path {root} holds 4 classes (c0, c1, c2, ... (4)) "
+                                       "but the run was trained on 3 (c0, c1, c2): resume it with the data it was "
+                                       "trained on\n")
     assert main(["eval", str(tmp_path / "run"), "--data", str(root)]) == 2
     assert "classes c3 are not among the model's 3 classes" in one_line_error(capsys)
+    (root / "c3").rename(tmp_path / "c3")
+    (root / "c2").rename(root / "c2-renamed")  # as many classes, not the same ones
+    assert main(["train", "--resume", str(tmp_path / "run")]) == 2
+    assert "holds 3 classes (c0, c1, c2-renamed) but the run was trained on 3 (c0, c1, c2)" in one_line_error(capsys)
 
 
 # ----------------------------------------------------------------------- 3. disk full, unwritable folder
@@ -720,6 +727,14 @@ def test_a_refused_pickle_says_code_was_refused_and_no_reason_is_cut_mid_word(tm
     from resnets.errors import first_line
 
     assert first_line(ValueError("a reason of many words " * 9), 30) == "a reason of many words a ..."
+
+
+def test_resuming_a_finished_run_says_so_and_adds_no_leg(tiny_run, capsys):
+    legs = RunDir(tiny_run).legs()
+    capsys.readouterr()
+    assert main(["train", "--resume", str(tiny_run)]) == 0
+    assert capsys.readouterr().out == f"{tiny_run} is finished: iteration 12 of 12; nothing to resume\n"
+    assert RunDir(tiny_run).legs() == legs
 
 
 def test_predict_does_not_wait_on_a_named_pipe(tiny_run, tmp_path, capsys):

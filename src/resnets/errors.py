@@ -15,6 +15,10 @@ def first_line(e: BaseException, limit: int = 120) -> str:
     return line if len(line) <= limit else line[:limit].rsplit(" ", 1)[0] + " ..."  # a cut says so, between words
 
 
+def few(names: list[str]) -> str:
+    """The first three of `names` and, if there are more, how many in all: names in a one-line message."""
+    return ", ".join(names[:3]) + (f", ... ({len(names)})" if len(names) > 3 else "")
+
 
 def close_matches(word: str, choices: Iterable[str], cutoff: float = 0.5) -> list[str]:
     """Up to three of `choices` that look like `word`, closest first: what a mistyped name probably meant."""

@@ -19,7 +19,7 @@ import torch
 
 from .. import distributed
 from ..config import Config
-from ..errors import UserError
+from ..errors import UserError, few
 from ..models import ResNet, ResNetConfig
 from ..models.torchvision_weights import PREPROCESSING, read_torchvision
 from ..serving.preprocessing import Preprocessing
@@ -143,15 +143,11 @@ def _loaded(init: Init, model: ResNet, new: list[str], classes: list[str]) -> st
     if not new:
         return text + f"; classifier kept (the same {len(classes)} classes)"
     if init.classes is not None:
-        why = f"the data's classes {_few(classes)} are not the weights' {_few(init.classes)}"
+        why = f"the data's classes {few(classes)} are not the weights' {few(init.classes)}"
     else:
         had = init.state["fc.weight"].shape[0] if "fc.weight" in init.state else "none"
         why = f"{len(classes)} classes; the weights' classifier had {had}"
     return text + f"; new, freshly initialised: {', '.join(new)} ({why})"
-
-
-def _few(names: list[str]) -> str:
-    return ", ".join(names[:3]) + (f", ... ({len(names)})" if len(names) > 3 else "")
 
 
 def _describe(init: Init) -> str:

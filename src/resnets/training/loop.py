@@ -27,6 +27,7 @@ from .. import distributed, files, runtime
 from ..config import Config, ScheduleSection
 from ..data import BatchLoader, Dataset, default_workers, lighting, load_train_val, normalization_stats, normalize
 from ..errors import UserError
+from ..terminal import shown
 from ..models import ResNet
 from ..plots import plot_curves
 from ..serving.evaluate import evaluate
@@ -55,7 +56,15 @@ def _train(cfg: Config, run: RunDir, resume: bool) -> dict:
     s = set_up(cfg)
     state = TrainState(s.model, s.optimizer)
     if resume:
-        state.resume(run, cfg, s.world)
+        start = state.resume(run, cfg, s.world, s.train_set.classes)
+        if state.iteration >= s.schedule.iterations:  # nothing to train: no leg, no header
+            if s.main:
+                print(f"{shown(run)} is finished: iteration {state.iteration} of {s.schedule.iterations}; nothing to "
+                      "resume")
+            return state.history[-1] if state.history else {}
+        if s.main:
+            print(f"resuming {shown(run)} from iteration {state.iteration} ({start.name})" if start else
+                  f"{shown(run)} holds no checkpoint yet; starting from iteration 0")
     elif run.checkpoints():
         raise UserError(f"{run} already holds a run; resume it with --resume or choose another --out")
     if state.preprocessing is None:  # a fresh start: model.init's weights (if any), the statistics to use

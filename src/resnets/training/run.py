@@ -25,9 +25,9 @@ from pathlib import Path
 import tomli_w
 import torch
 
-from .. import distributed, files
+from .. import files
 from ..config import Config, from_dict, load_config
-from ..errors import EnvironmentFailure, UserError, first_line
+from ..errors import EnvironmentFailure, UserError, few, first_line
 from ..models import ResNet
 from ..serving.preprocessing import Preprocessing
 from ..terminal import shown
@@ -260,11 +260,17 @@ class TrainState:
         }, run.checkpoint_file(self.iteration))
         run.prune(cfg.run.keep_checkpoints)
 
-    def restore(self, path: Path, cfg: Config, world: int) -> None:
-        """Checkpoint `path` into the live objects; a UserError if it is another run's or another network's."""
+    def restore(self, path: Path, cfg: Config, world: int, classes: list[str]) -> None:
+        """Checkpoint `path` into the live objects, for data of `classes`; a UserError if it is another run's or
+        another network's, OtherData if the data is not the one it was trained on."""
         ckpt = load_checkpoint(path)
         if config_differences(ckpt.get("config") or {}, cfg.to_dict()):
             raise UserError(f"{path} was written with a different config")
+        trained = ckpt.get("classes")
+        if trained is not None and list(trained) != list(classes):
+            raise OtherData(f"data.path {cfg.data.path} holds {len(classes)} classes ({few(classes)}) but the run "
+                            f"was trained on {len(trained)} ({few(trained)}): resume it with the data it was trained "
+                            "on")
         theirs, ours = ckpt.get("model_config") or {}, self.model.config
         if theirs.get("num_classes") != ours.num_classes:
             raise UserError(f"{path} is for {theirs.get('num_classes')} classes but the data has {ours.num_classes}")
@@ -286,21 +292,25 @@ class TrainState:
         stored = ckpt.get("preprocessing")
         self.preprocessing = Preprocessing.from_dict(stored) if stored else None
 
-    def resume(self, run: RunDir, cfg: Config, world: int) -> None:
-        """From the newest usable checkpoint of `run`, falling back past damaged or foreign ones; from iteration 0
-        if the run stopped before its first. The caller has checked `cfg` against the run's config.toml."""
-        found = run.checkpoints()
-        if not found:
-            print(f"{run} holds no checkpoint yet; starting from iteration 0")
-            return
+    def resume(self, run: RunDir, cfg: Config, world: int, classes: list[str]) -> Path | None:
+        """From the newest usable checkpoint of `run` (returned; None if the run stopped before its first, which
+        starts from iteration 0), falling back past damaged or foreign ones; for data of `classes`, which none of
+        them is asked to fit if it is not the run's (OtherData). The caller has checked `cfg` against the run's
+        config.toml."""
         problems = []
-        for path in reversed(found):
+        for path in reversed(run.checkpoints()):
             try:
-                self.restore(path, cfg, world)
-                if distributed.rank() == 0:
-                    print(f"resuming {run} from iteration {self.iteration} ({path.name})")
-                return
+                self.restore(path, cfg, world, classes)
+                return path
+            except OtherData:
+                raise
             except UserError as e:
                 print(f"warning: {shown(e)}; trying the previous checkpoint")
                 problems.append(str(e))
-        raise UserError(f"no usable checkpoint in {run}; the newest: {problems[0]}")
+        if problems:
+            raise UserError(f"no usable checkpoint in {run}; the newest: {problems[0]}")
+        return None
+
+
+class OtherData(UserError):
+    """The data a run resumes with is not the one it was trained on: no checkpoint of it fits, so said once."""
