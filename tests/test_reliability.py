@@ -737,6 +737,25 @@ def test_resuming_a_finished_run_says_so_and_adds_no_leg(tiny_run, capsys):
     assert RunDir(tiny_run).legs() == legs
 
 
+def test_one_channel_rule_eval_and_predict_convert_images_training_does_not(tiny_run, tmp_path, capsys):
+    """A grey (digits) network: eval and predict bring RGB images to its channel; fine-tuning it on RGB images is
+    refused, saying so (it advised setting model.name, which cannot help)."""
+    from .fakedata import make_image_folder
+
+    root = make_image_folder(tmp_path / "rgb", classes=2, per_class=4, size=8)
+    for k in range(2):
+        (root / f"c{k}").rename(root / str(k))  # two of the digits' classes, as RGB images
+    capsys.readouterr()
+    assert main(["eval", str(tiny_run), "--data", str(root), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["images"] == 8
+    assert main(["predict", str(tiny_run), str(root / "0" / "0.png")]) == 0
+    args = [f"model.init={tiny_run}", f"data.path={root}", "data.val_split=2", "data.cache_dir=",
+            *tiny_args(**{"optim.batch_size": 4})]
+    assert main(["train", "--out", str(tmp_path / "ft"), *args]) == 2
+    assert (f"model.init {tiny_run} was trained on 1-channel (grey) images and the data holds RGB ones: a run trains "
+            "on its data's channels (eval and predict convert images, training does not)") in one_line_error(capsys)
+
+
 def test_predict_does_not_wait_on_a_named_pipe(tiny_run, tmp_path, capsys):
     """A FIFO named explicitly blocked forever (one inside a scanned folder is skipped): reported, not read."""
     fifo = tmp_path / "fifo.png"

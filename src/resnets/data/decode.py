@@ -104,11 +104,12 @@ def _torchvision(path: str | Path) -> torch.Tensor:
 
 
 def to_channels(image: torch.Tensor, channels: int) -> torch.Tensor:
-    """A decoded uint8 (1 or 3, H, W) image with `channels` channels: grey as Pillow's convert("L") makes it from
-    RGB, RGB as convert("RGB") makes it from grey (three equal channels)."""
-    if channels == 1 and image.shape[0] == 3:
-        weights = torch.tensor(LUMA, dtype=torch.int32).view(3, 1, 1)
-        return ((image.int() * weights).sum(0, keepdim=True) + 2**15).bitwise_right_shift(16).to(torch.uint8)
-    if channels != 1 and image.shape[0] == 1:  # every network of other than 1 channel takes RGB, as predict fed it
-        return image.expand(3, -1, -1).contiguous()
+    """Decoded uint8 (..., 1 or 3, H, W) images with `channels` channels: grey as Pillow's convert("L") makes it
+    from RGB, RGB as convert("RGB") makes it from grey (three equal channels). The one rule of eval and predict:
+    images are brought to the network's channels (training takes the data's: a new network is built for them)."""
+    if channels == 1 and image.shape[-3] == 3:
+        weights = torch.tensor(LUMA, dtype=torch.int32, device=image.device).view(3, 1, 1)
+        return ((image.int() * weights).sum(-3, keepdim=True) + 2**15).bitwise_right_shift(16).to(torch.uint8)
+    if channels != 1 and image.shape[-3] == 1:  # every network of other than 1 channel takes RGB, as predict fed it
+        return image.expand(*image.shape[:-3], 3, *image.shape[-2:]).contiguous()
     return image

@@ -27,6 +27,7 @@ from ..serving.weights import is_safetensors, load_model
 
 # ResNetConfig fields that decide what the network computes; the others are the classifier's size or act only in
 # training (dropout, drop_path, zero_init_last's initialisation), which fine-tuning may change.
+CHANNELS = {1: "1-channel (grey)", 3: "RGB"}  # how messages name a network's input
 ARCHITECTURE = ("block", "depths", "widths", "stem", "stem_width", "shortcut", "preact", "stride_in_1x1",
                 "in_channels", "groups", "width_per_group")
 
@@ -82,6 +83,11 @@ def start(cfg: Config, model: ResNet, train_set, init: Init | None = None) -> tu
 def load_weights(init: Init, model: ResNet, classes: list[str], name: str) -> list[str]:
     """init's tensors into `model`; returns the names of the model's tensors left as they were (the classifier's,
     when the data's classes are not the weights'). UserError naming the first tensor that does not fit."""
+    theirs, ours = init.preprocessing.in_channels, model.config.in_channels
+    if theirs != ours:  # no model option changes this: the network is built for the data's channels
+        raise UserError(f"model.init {init.source} was trained on {CHANNELS.get(theirs, theirs)} images and the "
+                        f"data holds {CHANNELS.get(ours, ours)} ones: a run trains on its data's channels (eval and "
+                        "predict convert images, training does not); start from weights trained on such images")
     own = model.state_dict()
     same_classes = (init.classes == list(classes) if init.classes is not None
                     else init.state.get("fc.weight", torch.empty(0)).shape[:1] == (len(classes),))
