@@ -106,7 +106,7 @@ def cmd_experiment(args) -> None:
     table, text = experiments.tabulate(args.experiment, runs, out)
     experiments.write_outputs(args.experiment, runs, out, title, table, text)
     print(text, end="")
-    print(f"wrote {out / args.experiment}.md, .json and .png")
+    print(f"wrote {shown(out / args.experiment)}.md, .json and .png")
 
 
 def cmd_responses(args) -> None:
@@ -118,7 +118,7 @@ def cmd_responses(args) -> None:
     out = Path(args.out)
     outputs.write(out, "responses", markdown(results), results, lambda path: plot_responses(results, path))
     print(markdown(results), end="")
-    print(f"wrote {out / 'responses'}.md, .json and .png")
+    print(f"wrote {shown(out / 'responses')}.md, .json and .png")
 
 
 def cmd_report(args) -> None:
@@ -129,7 +129,7 @@ def cmd_report(args) -> None:
     text = markdown([run_row(run) for run in find_runs(args.runs)])
     if args.out:
         files.write_text(args.out, text)
-        print(f"wrote {args.out}")
+        print(f"wrote {shown(args.out)}")
     else:
         print(text, end="")
 
@@ -208,8 +208,8 @@ def cmd_embed(args) -> int:
             results.append(result)
     if args.out:
         rows = save_npy(results, model.num_features, args.out)
-        print(f"wrote {args.out}: {rows.shape[0]} images x {rows.shape[1]} features (float32), one row per file in "
-              f"the order listed" + (f"; {failed} unreadable: rows of NaN" if failed else ""))
+        print(f"wrote {shown(args.out)}: {rows.shape[0]} images x {rows.shape[1]} features (float32), one row per "
+              f"file in the order listed" + (f"; {failed} unreadable: rows of NaN" if failed else ""))
     if failed:
         return 1  # some files were not embedded
 
@@ -219,7 +219,7 @@ def cmd_export(args) -> None:
 
     result = export(args.checkpoint, args.out, args.format)
     checker = FORMATS[result["format"]].checker
-    print(f"wrote {result['path']} ({result['format']}, {result['bytes'] / 1e6:.1f} MB); {checker}"
+    print(f"wrote {shown(result['path'])} ({result['format']}, {result['bytes'] / 1e6:.1f} MB); {checker}"
           f" vs PyTorch fp32 on 3 random images: max abs diff on logits {result['max_abs_diff']:.2e}"
           f" (limit {result['limit']:.1e})")
 

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from ..config import Config, PaperSection, load_config
 from ..errors import UserError
+from ..terminal import shown
 from ..models import ResNet, ResNetConfig
 from ..plots import plot_comparison
 from ..training.run import RunDir, load_checkpoint
@@ -195,8 +196,8 @@ def table6_markdown(table: list[dict]) -> str:
               "| run | iterations | training time | started | machine |", "|---|---:|---:|---|---|"]
     for r in table:
         for leg in r["legs"]:
-            lines.append(f"| {leg['run']} | {leg['from_iteration']}-{leg['to_iteration']} | "
-                         f"{_hours(leg['training_s'])} | {leg['started'] or '—'} | {leg['machine']} |")
+            lines.append(f"| {shown(leg['run'])} | {leg['from_iteration']}-{leg['to_iteration']} | "
+                         f"{_hours(leg['training_s'])} | {leg['started'] or '—'} | {shown(leg['machine'])} |")
     return "\n".join(lines) + "\n"
 
 

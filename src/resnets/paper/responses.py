@@ -13,6 +13,7 @@ import torch
 
 from ..data import BatchLoader, load_train_val, normalize
 from ..errors import UserError
+from ..terminal import shown
 from ..serving.weights import load_model
 from ..training.run import RunDir, iteration_of
 
@@ -70,6 +71,7 @@ def markdown(results: list[dict]) -> str:
     lines = ["| network | run | 3x3 layers | mean response std | median | largest |", "|---|---|---:|---:|---:|---:|"]
     for r in results:
         s = sorted(r["stds"])
-        lines.append(f"| {r['network']} | {r['run']} | {len(s)} | {sum(s) / len(s):.3f} | {s[len(s) // 2]:.3f} | "
+        lines.append(f"| {r['network']} | {shown(r['run'])} | {len(s)} | {sum(s) / len(s):.3f} | "
+                     f"{s[len(s) // 2]:.3f} | "
                      f"{s[-1]:.3f} |")
     return "\n".join(lines) + "\n"

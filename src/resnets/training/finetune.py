@@ -20,6 +20,7 @@ import torch
 from .. import distributed
 from ..config import Config
 from ..errors import UserError, few
+from ..terminal import shown
 from ..models import ResNet, ResNetConfig
 from ..models.torchvision_weights import PREPROCESSING, read_torchvision
 from ..serving.preprocessing import Preprocessing
@@ -74,7 +75,7 @@ def start(cfg: Config, model: ResNet, train_set, init: Init | None = None) -> tu
     new = load_weights(init, model, train_set.classes, cfg.model.name)
     stats = None if cfg.data.stats == "data" else weights_stats(init, train_set.image_shape)
     if distributed.rank() == 0:
-        print(_loaded(init, model, new, train_set.classes))
+        print(shown(_loaded(init, model, new, train_set.classes)))  # names from files
         print("model.init: normalising with " + ("new statistics of this data (data.stats=data)" if stats is None
                                                  else f"the weights' own statistics ({_describe(init)})"))
     return stats

@@ -183,7 +183,7 @@ def _announce(s: Setup, run: RunDir) -> None:
     cfg, world = s.cfg, s.world
     print(f"training {cfg.model.name} on {len(s.train_set)} images ({len(s.train_set.classes)} classes), validating "
           f"on {len(s.val_set)}; {s.schedule.iterations} iterations of {cfg.optim.batch_size * s.batch_scale}"
-          f"{f' ({world} processes x {s.loader.batch_size})' if world > 1 else ''}; run directory {run}\n{s.machine}")
+          f"{f' ({world} processes x {s.loader.batch_size})' if world > 1 else ''}; run directory {shown(run)}\n{s.machine}")
     if s.model.frozen_stages:
         print(finetune.frozen(s.model))
 
