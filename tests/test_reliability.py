@@ -438,13 +438,19 @@ def test_bad_data_is_converted_skipped_or_refused_before_training(tmp_path, caps
     with pytest.warns(UserWarning) as caught:
         assert main(["train", "--out", str(tmp_path / "run"), *args]) == 0
     warned = "\n".join(str(w.message) for w in caught)
+    # Streamed, the files are counted before they are read (issue 39: unreadable ones were counted as images).
+    listed = 3 * 6 + len(files["unreadable"]) + len(files["converted"])
+    assert (f"training resnet20 on {listed} image files (3 classes), validating on 12; streamed: files that cannot be "
+            "read are skipped as they are met;" if loader == "stream" else
+            f"training resnet20 on {listed - len(files['unreadable'])} images (3 classes), validating on 12;"
+            ) in capsys.readouterr().out
     assert f"skipped 1 class folder(s) without images: {tmp_path / 'data' / 'train' / 'empty_class'}" in warned
     assert f"{tmp_path / 'data' / 'val'} has no images of 1 of the 3 classes (c1)" in warned
     if loader == "memory":
-        assert "skipped 4 unreadable image(s)" in warned
+        assert f"skipped 4 of the 32 image files in {tmp_path / 'data' / 'train'}: 4 unreadable: " in warned
     else:  # streamed: each unreadable file is named once (when first drawn) and replaced by the next readable one
-        reported = [re.fullmatch(r"skipped unreadable image (.+) \((\d+) so far in .+\)", str(w.message))
-                    for w in caught if str(w.message).startswith("skipped unreadable image ")]
+        reported = [re.fullmatch(r"skipped image (.+): unreadable \((\d+) so far in .+\)", str(w.message))
+                    for w in caught if str(w.message).startswith("skipped image ")]
         unread = [m[1] for m in reported]
         assert unread and set(unread) <= set(files["unreadable"]) and len(set(unread)) == len(unread)
         assert [int(m[2]) for m in reported] == list(range(1, len(unread) + 1))
@@ -609,7 +615,8 @@ def test_a_decompression_bomb_in_a_training_folder_is_skipped_before_it_is_decod
     with pytest.raises(ImageError, match="8000x8000 is 64,000,000 pixels, over the limit of 50,000,000 .*: refused "
                                          "as a possible decompression bomb"):
         decode_rgb(bomb)
-    with pytest.warns(UserWarning, match=f"skipped 1 unreadable image\\(s\\): {re.escape(str(bomb))}"):
+    with pytest.warns(UserWarning, match=f"skipped 1 of the 3 image files in .*: 1 over 50,000,000 pixels, refused "
+                                         f"as a possible decompression bomb: {re.escape(str(bomb))}$"):
         assert len(load_folder(tmp_path, image_size=8)) == 2
     views = ImageNetFolder(tmp_path, crop=8, resize=8)
     labels = [views[i][1] for i in range(len(views))]
@@ -754,6 +761,14 @@ def test_one_channel_rule_eval_and_predict_convert_images_training_does_not(tiny
     assert main(["train", "--out", str(tmp_path / "ft"), *args]) == 2
     assert (f"model.init {tiny_run} was trained on 1-channel (grey) images and the data holds RGB ones: a run trains "
             "on its data's channels (eval and predict convert images, training does not)") in one_line_error(capsys)
+
+
+def test_an_epoch_schedule_says_it_counts_epochs(tmp_path, capsys):
+    """schedule.unit=epoch (the finetune recipes') makes schedule.iterations count epochs: the first line says so."""
+    assert main(["train", "--out", str(tmp_path / "run"), *tiny_args(**{"schedule.unit": "epoch",
+                 "schedule.iterations": 1, "run.eval_every": 1, "schedule.milestones": [1]})]) == 0
+    steps = re.search(r"; 1 epochs \(schedule\.unit=epoch\) = (\d+) iterations of 32;", capsys.readouterr().out)
+    assert int(steps[1]) == RunDir(tmp_path / "run").metrics()[-1]["iteration"] > 1
 
 
 def test_predict_does_not_wait_on_a_named_pipe(tiny_run, tmp_path, capsys):

@@ -14,6 +14,7 @@ import sys
 import warnings
 from collections.abc import Iterator
 
+from .distributed import lead
 from .errors import EnvironmentFailure
 from .files import ADVICE
 
@@ -27,14 +28,18 @@ def shown(text) -> str:
 @contextlib.contextmanager
 def plain() -> Iterator[None]:
     """For one command: warnings as `warning: <message>` (Python's form adds the file, line and source line of the
-    code that warned, which tells a user nothing), and torch's notice that a CPU-only run found no CUDA runtime
-    left out (Inductor's compiler looks for a CUDA toolkit and logs it when torch.compile first runs)."""
+    code that warned, which tells a user nothing), by rank 0 alone in a run of several processes, and torch's notice
+    that a CPU-only run found no CUDA runtime left out (Inductor's compiler looks for a CUDA toolkit and logs it
+    when torch.compile first runs)."""
     before = warnings.formatwarning
     warnings.formatwarning = _one_line
     probe = logging.getLogger("torch.utils.cpp_extension")
     probe.addFilter(_no_cuda_notice)
     try:
-        yield
+        with warnings.catch_warnings():
+            if not lead():  # the processes of a run read the same data: rank 0 says what they meet, as it prints
+                warnings.simplefilter("ignore")
+            yield
     finally:
         warnings.formatwarning = before
         probe.removeFilter(_no_cuda_notice)

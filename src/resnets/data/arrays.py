@@ -17,6 +17,7 @@ class ArrayDataset:
     images: torch.Tensor
     labels: torch.Tensor
     classes: list[str]
+    streamed = False  # every image is here, decoded
     # Positions, in the list of files the images were read from, of the files that could not be read and are not
     # here (a folder's): split_validation draws from the whole list, as a streamed folder of the same files does.
     unread: tuple[int, ...] = ()

@@ -30,6 +30,14 @@ LUMA = (19595, 38470, 7471)
 class ImageError(Exception):
     """One file that cannot be decoded: its one-line reason."""
 
+    kind = "unreadable"  # what training folders call such files when they count them
+
+
+class TooManyPixels(ImageError):
+    """A file whose header claims more pixels than allowed: readable perhaps, but refused before it is decoded."""
+
+    kind = f"over {MAX_PIXELS:,} pixels, refused as a possible decompression bomb"
+
 
 def to_mode(image: Image.Image, mode: str) -> Image.Image:
     """`image` as 8-bit "L" or "RGB" (the files torchvision cannot decode are read this way).
@@ -78,8 +86,8 @@ def decode_rgb(path: str | Path, max_pixels: int = MAX_PIXELS) -> torch.Tensor:
             width, height = image.size
             if width * height > max_pixels:  # before a single pixel is decoded
                 # The hint names the one place the limit is an option; training folders only list skipped files.
-                raise ImageError(f"{width}x{height} is {width * height:,} pixels, over the limit of {max_pixels:,} "
-                                 "(--max-pixels): refused as a possible decompression bomb")
+                raise TooManyPixels(f"{width}x{height} is {width * height:,} pixels, over the limit of "
+                                    f"{max_pixels:,} (--max-pixels): refused as a possible decompression bomb")
             try:
                 return _torchvision(path)
             except RuntimeError:

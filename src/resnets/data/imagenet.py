@@ -67,7 +67,8 @@ class ImageNetFolder(StreamedFolder):
         return 3, self.crop, self.crop
 
     def __getitem__(self, item) -> tuple:
-        """(image or views, label, unreadable paths met, "\\n"-joined) of an index or a training tuple."""
+        """(image or views, label, (path, why) of each file met that cannot be used) of an index or a training
+        tuple."""
         if isinstance(item, tuple):
             index, *params = item
             image, label, skipped = self._first_readable(index)

@@ -34,6 +34,7 @@ class Dataset(Protocol):
 
     classes: list[str]  # label k is classes[k]
     labels: torch.Tensor  # int64 (N,)
+    streamed: bool  # read from disk as batches need them: its items are files, some of which may prove unreadable
 
     @property
     def image_shape(self) -> tuple[int, int, int]:

@@ -181,9 +181,16 @@ def _preprocessing(cfg: Config, s: Setup, init) -> Preprocessing:
 
 def _announce(s: Setup, run: RunDir) -> None:
     cfg, world = s.cfg, s.world
-    print(f"training {cfg.model.name} on {len(s.train_set)} images ({len(s.train_set.classes)} classes), validating "
-          f"on {len(s.val_set)}; {s.schedule.iterations} iterations of {cfg.optim.batch_size * s.batch_scale}"
-          f"{f' ({world} processes x {s.loader.batch_size})' if world > 1 else ''}; run directory {shown(run)}\n{s.machine}")
+    # A streamed folder's files are counted before they are read: the unreadable ones among them are found later.
+    images, streamed = ("image files", "; streamed: files that cannot be read are skipped as they are met") \
+        if s.train_set.streamed else ("images", "")
+    # schedule.unit = "epoch" makes schedule.iterations count epochs: say so, beside the iterations they make.
+    epochs = f"{cfg.schedule.iterations} epochs (schedule.unit=epoch) = " if cfg.schedule.unit == "epoch" else ""
+    print(f"training {cfg.model.name} on {len(s.train_set)} {images} ({len(s.train_set.classes)} classes), "
+          f"validating on {len(s.val_set)}{streamed}; {epochs}{s.schedule.iterations} iterations of "
+          f"{cfg.optim.batch_size * s.batch_scale}"
+          f"{f' ({world} processes x {s.loader.batch_size})' if world > 1 else ''}"
+          f"; run directory {shown(run)}\n{s.machine}")
     if s.model.frozen_stages:
         print(finetune.frozen(s.model))
 
