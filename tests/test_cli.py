@@ -70,6 +70,15 @@ def test_max_pixels_must_be_a_positive_integer(value, tmp_path, capsys):
     assert f"resnets predict: error: argument --max-pixels: {wanted}, got '{value}'" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("size", ["-5", "0"])
+def test_summary_input_size_must_be_a_positive_integer(size, capsys):
+    """Issue 39: -5 gave a 26-line traceback (a negative dimension), 0 quietly meant the default."""
+    with pytest.raises(SystemExit) as exit:
+        main(["summary", "resnet20", "--input-size", size])
+    assert exit.value.code == 2
+    assert f"argument --input-size: expected an integer of at least 1, got '{size}'" in capsys.readouterr().err
+
+
 def test_resume_of_a_run_killed_before_it_started_says_to_run_it_again(tmp_path, capsys):
     """A kill during start-up, before config.toml: the run directory holds at most a temp file."""
     run = tmp_path / "run"

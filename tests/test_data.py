@@ -132,7 +132,7 @@ def test_scan_folder_errors(tmp_path):
 
 def test_load_folder_decodes_and_skips_corrupt(tmp_path):
     root = make_image_folder(tmp_path / "imgs", classes=3, per_class=4, extras=True)
-    with pytest.warns(UserWarning, match=r"skipped 1 unreadable image\(s\): .*corrupt\.jpg"):
+    with pytest.warns(UserWarning, match=r"skipped 1 of the 16 image files in .*: 1 unreadable: .*corrupt\.jpg$"):
         ds = load_folder(root)
     assert ds.images.shape == (15, 3, 32, 32) and ds.images.dtype == torch.uint8
     assert ds.labels.tolist() == [0] * 7 + [1] * 4 + [2] * 4 and ds.classes == ["c0", "c1", "c2"]
@@ -181,10 +181,10 @@ def test_folder_dataset_substitutes_unreadable(tmp_path):
     image, label, unreadable = ds[bad]
     assert torch.equal(image, ds[bad + 1][0]) and label == ds.labels[bad + 1]
     assert image.shape == (3, 32, 32) and image.dtype == torch.uint8
-    assert unreadable == str(root / "c0" / "corrupt.jpg")
+    assert unreadable == ((str(root / "c0" / "corrupt.jpg"), "unreadable"),)
     # Decoded by a worker, reported by this process: once per file, however often it is drawn.
     rng = torch.get_rng_state()
-    with pytest.warns(UserWarning, match=r"skipped unreadable image .*corrupt\.jpg \(1 so far") as warned:
+    with pytest.warns(UserWarning, match=r"skipped image .*corrupt\.jpg: unreadable \(1 so far") as warned:
         (images, labels), = ds.load_batches([torch.tensor([bad, bad, 0])], workers=1)
     assert len(warned) == 1 and torch.equal(images[0], image) and labels.tolist() == [label, label, 0]
     assert torch.equal(torch.get_rng_state(), rng)  # the training run's random stream is not the loader's

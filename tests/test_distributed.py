@@ -85,7 +85,7 @@ def test_two_processes_train_like_one_with_twice_the_batch(imagenet, tmp_path, m
     assert [m["train_loss"] for m in history[0]] == pytest.approx([m["train_loss"] for m in history[1]], rel=1e-4)
 
 
-@pytest.mark.filterwarnings("ignore:skipped unreadable image")
+@pytest.mark.filterwarnings("ignore:skipped image")
 def test_resnets_train_starts_its_processes_itself_and_resumes_them(imagenet, tmp_path):
     """Auto with 2 threads, no torchrun: `resnets train` runs itself as the 2 processes (1 thread each) that torchrun
     starts for the same command with run.procs=2 (the same weights), records the number, and resumes bit-exactly
@@ -164,7 +164,7 @@ def two_machines(imagenet, tmp_path_factory):
     return out, "".join(outputs), dump
 
 
-@pytest.mark.filterwarnings("ignore:skipped unreadable image")
+@pytest.mark.filterwarnings("ignore:skipped image")
 def test_two_machines_train_together_and_resume_under_torchrun(two_machines, imagenet, tmp_path):
     out, stdout, dump = two_machines
     # BN in training mode: each rank updates its running statistics from its own images; what is evaluated and

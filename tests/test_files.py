@@ -4,6 +4,7 @@ previous file as it was. Simulated (the temp file a link to /dev/full) and on a 
 mounted when the tests run as root)."""
 
 import errno
+import fcntl
 import fnmatch
 import os
 import stat
@@ -123,6 +124,24 @@ def test_temp_files_match_the_clean_up_pattern_and_a_run_removes_them(tmp_path):
         pass
     assert sorted(p.name for p in tmp_path.iterdir()) == ["curves.png", "iter-0000008.pt", "metrics.jsonl",
                                                          "model.onnx"]
+
+
+def test_a_killed_writers_temp_file_goes_with_the_next_write_of_its_file(tmp_path):
+    """Issue 39: a kill -9 during `export` left `.NAME.xxxx.tmp` beside the output for good (run directories clean
+    theirs on resume). The next write of the same file removes it; a temp file a live writer holds (flock) stays."""
+    killed = tmp_path / ".model.onnx.0badc0de.tmp"  # what SIGKILL leaves: nobody holds it
+    killed.write_bytes(b"")
+    live = tmp_path / ".model.onnx.1234abcd.tmp"  # another process writing the same file right now
+    live.write_bytes(b"half")
+    other = tmp_path / ".other.onnx.0badc0de.tmp"  # another file's: not this write's business
+    other.write_bytes(b"")
+    holder = os.open(live, os.O_RDONLY)
+    fcntl.flock(holder, fcntl.LOCK_EX)
+    try:
+        files.write_text(tmp_path / "model.onnx", "whole")
+    finally:
+        os.close(holder)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([live.name, other.name, "model.onnx"])
 
 
 def test_exports_and_reports_on_a_read_only_disk_are_one_line_exit_1(tmp_path, monkeypatch, capsys):

@@ -141,7 +141,7 @@ def test_lighting_is_alexnets_pca_noise():
         torch.testing.assert_close(got[b], expected)
 
 
-@pytest.mark.filterwarnings("ignore:skipped unreadable image")
+@pytest.mark.filterwarnings("ignore:skipped image")
 def test_processes_share_each_batch_and_evaluation_shares_cover_every_image_once(imagenet):
     """2 processes with batch b get, together, the images and augmentation of 1 process with batch 2b."""
     ds = ArrayDataset(torch.randint(0, 256, (20, 3, 8, 8), dtype=torch.uint8), torch.arange(20), ["x"] * 20)
@@ -166,11 +166,11 @@ def test_processes_share_each_batch_and_evaluation_shares_cover_every_image_once
 def test_imagenet_recipe_trains_on_a_tiny_folder(imagenet, tmp_path, capsys):
     """docs/IMAGENET.md's one-process command, sizes scaled down; then its evaluation commands."""
     run = tmp_path / "r18"
-    with pytest.warns(UserWarning, match="skipped unreadable image") as warned:
+    with pytest.warns(UserWarning, match="skipped image") as warned:
         assert main(["train", "--recipe", "imagenet/resnet18", f"data.path={imagenet}", *SMALL, "optim.batch_size=4",
                      "optim.lr=0.01", "schedule.iterations=2", "data.workers=2", "--out", str(run)]) == 0
     messages = sorted(str(w.message) for w in warned if "unreadable" in str(w.message))  # once per file, counted
-    assert len(messages) == 2 and all("n00000000/corrupt.JPEG (1 so far" in m for m in messages)
+    assert len(messages) == 2 and all("n00000000/corrupt.JPEG: unreadable (1 so far" in m for m in messages)
     assert "/train/n00000000/" in messages[0] and "/val/n00000000/" in messages[1]
     lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     # 19 training files (one corrupt, stood in for) / batch 4 = 4 iterations per epoch; evaluated every epoch.

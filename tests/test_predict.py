@@ -218,7 +218,7 @@ def test_colour_images_are_preprocessed_as_training_decoded_them(tmp_path):
     paths, _, _ = scan_folder(root)
     readable = [p for p in paths if p.name != "corrupt.jpg"]
     mean, std = torch.full((3, 1, 1), 0.5), torch.full((3, 1, 1), 0.25)
-    with pytest.warns(UserWarning, match="skipped 1 unreadable"):
+    with pytest.warns(UserWarning, match="1 unreadable: .*corrupt.jpg"):
         trained_on = load_folder(root, image_size=32).images  # data.image_size=32
     fixed = Preprocessing(mean, std, input_size=32, resize=32, in_channels=3)  # what such a run records
     assert torch.equal(torch.stack([fixed.crop(decode_rgb(p)) for p in readable]), trained_on)

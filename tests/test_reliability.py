@@ -6,6 +6,7 @@ survived, damaged files tried); `pytest tests/test_reliability.py -v -s` shows t
 
 import errno
 import io
+import json
 import multiprocessing
 import os
 import pickle
@@ -281,21 +282,28 @@ def test_resume_falls_back_past_damaged_and_foreign_checkpoints(tiny_reference, 
 
 
 def test_a_class_count_that_does_not_match_the_checkpoint(tmp_path, capsys):
-    """The data gained a class since the run started: resume refuses in one line; eval of a folder whose classes
-    the checkpoint lacks too."""
+    """The data gained a class since the run started, or a class was renamed: resume refuses in one line about the
+    data (issue 39: it blamed each checkpoint in turn, then found "no usable checkpoint"; a renamed class resumed,
+    mislabelled); eval of a folder whose classes the checkpoint lacks too."""
     from .fakedata import make_image_folder
 
     root = make_image_folder(tmp_path / "data", classes=3, per_class=4, size=8)
     args = [f"data.path={root}", "data.val_split=3", "data.cache_dir=",
-            *tiny_args(**{"schedule.iterations": 2, "run.eval_every": 2, "optim.batch_size": 4})]
+            *tiny_args(**{"schedule.iterations": 4, "run.eval_every": 2, "optim.batch_size": 4})]
     assert main(["train", "--out", str(tmp_path / "run"), *args]) == 0
     make_image_folder(tmp_path / "more", classes=4, per_class=4, size=8)
     (tmp_path / "more" / "c3").rename(root / "c3")
     capsys.readouterr()
     assert main(["train", "--resume", str(tmp_path / "run")]) == 2
-    assert "iter-0000002.pt is for 3 classes but the data has 4" in one_line_error(capsys)
+    assert capsys.readouterr() == ("", f"resnets train: error: data.path {root} holds 4 classes (c0, c1, c2, ... (4)) "
+                                       "but the run was trained on 3 (c0, c1, c2): resume it with the data it was "
+                                       "trained on\n")
     assert main(["eval", str(tmp_path / "run"), "--data", str(root)]) == 2
     assert "classes c3 are not among the model's 3 classes" in one_line_error(capsys)
+    (root / "c3").rename(tmp_path / "c3")
+    (root / "c2").rename(root / "c2-renamed")  # as many classes, not the same ones
+    assert main(["train", "--resume", str(tmp_path / "run")]) == 2
+    assert "holds 3 classes (c0, c1, c2-renamed) but the run was trained on 3 (c0, c1, c2)" in one_line_error(capsys)
 
 
 # ----------------------------------------------------------------------- 3. disk full, unwritable folder
@@ -430,13 +438,19 @@ def test_bad_data_is_converted_skipped_or_refused_before_training(tmp_path, caps
     with pytest.warns(UserWarning) as caught:
         assert main(["train", "--out", str(tmp_path / "run"), *args]) == 0
     warned = "\n".join(str(w.message) for w in caught)
+    # Streamed, the files are counted before they are read (issue 39: unreadable ones were counted as images).
+    listed = 3 * 6 + len(files["unreadable"]) + len(files["converted"])
+    assert (f"training resnet20 on {listed} image files (3 classes), validating on 12; streamed: files that cannot be "
+            "read are skipped as they are met;" if loader == "stream" else
+            f"training resnet20 on {listed - len(files['unreadable'])} images (3 classes), validating on 12;"
+            ) in capsys.readouterr().out
     assert f"skipped 1 class folder(s) without images: {tmp_path / 'data' / 'train' / 'empty_class'}" in warned
     assert f"{tmp_path / 'data' / 'val'} has no images of 1 of the 3 classes (c1)" in warned
     if loader == "memory":
-        assert "skipped 4 unreadable image(s)" in warned
+        assert f"skipped 4 of the 32 image files in {tmp_path / 'data' / 'train'}: 4 unreadable: " in warned
     else:  # streamed: each unreadable file is named once (when first drawn) and replaced by the next readable one
-        reported = [re.fullmatch(r"skipped unreadable image (.+) \((\d+) so far in .+\)", str(w.message))
-                    for w in caught if str(w.message).startswith("skipped unreadable image ")]
+        reported = [re.fullmatch(r"skipped image (.+): unreadable \((\d+) so far in .+\)", str(w.message))
+                    for w in caught if str(w.message).startswith("skipped image ")]
         unread = [m[1] for m in reported]
         assert unread and set(unread) <= set(files["unreadable"]) and len(set(unread)) == len(unread)
         assert [int(m[2]) for m in reported] == list(range(1, len(unread) + 1))
@@ -467,6 +481,31 @@ def test_bad_data_is_converted_skipped_or_refused_before_training(tmp_path, caps
     assert not (tmp_path / "run2").exists()
 
 
+@pytest.mark.parametrize("loader", ["memory", "stream"])
+def test_eval_val_split_scores_the_images_the_run_held_out_among_unreadable_files(tmp_path, capsys, loader):
+    """Issue 39: `eval --val-split` (which streams the folder) scored other images than a run that read the folder
+    into memory had held out, since that run drew them from the readable files alone. Both draw from every file
+    listed now, and leave the unreadable ones among them out: the same images, the same count and error."""
+    from .fakedata import make_image_folder
+
+    root = make_image_folder(tmp_path / "data", classes=3, per_class=8, size=8)
+    for i in range(5):
+        (root / "c1" / f"broken{i}.png").write_bytes(b"not an image")
+    run = tmp_path / "run"
+    args = [f"data.path={root}", "data.val_split=10", "data.cache_dir=", f"data.loader={loader}", "data.workers=1",
+            *tiny_args(**{"schedule.iterations": 2, "run.eval_every": 2, "optim.batch_size": 4})]
+    with pytest.warns(UserWarning, match="broken"):
+        assert main(["train", "--out", str(run), *args]) == 0
+    last = RunDir(run).metrics()[-1]
+    capsys.readouterr()
+    with pytest.warns(UserWarning, match="broken"):  # some of the 10 held-out files are among the broken ones
+        assert main(["eval", str(run), "--data", str(root), "--val-split", "10", "--json"]) == 0
+    scored = json.loads(capsys.readouterr().out)
+    assert scored["images"] == last["val_images"] < 10
+    assert scored["top1_error"] == last["val_top1_error"]
+    assert scored["loss"] == pytest.approx(last["val_loss"], rel=1e-5)
+
+
 def test_16_bit_images_are_scaled_not_clipped_whichever_library_decodes_them(tmp_path):
     values = np.array([[0, 257, 32768, 65535]], dtype=np.uint16)
     for name in ("g16.png", "g16.tif"):  # torchvision decodes the PNG, Pillow the TIFF
@@ -492,7 +531,8 @@ def test_a_malicious_checkpoint_runs_nothing(tiny_reference, tmp_path, capsys):
     (run / "iter-0000011.pt").write_bytes(pickle.dumps(evil, protocol=2))  # a bare pickle
     (tmp_path / "garbage.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json at all}")
     capsys.readouterr()
-    for path, reason in [("run/iter-0000012.pt", "Weights only load failed"),
+    for path, reason in [("run/iter-0000012.pt", "was refused: it holds Python objects other than tensors (io.open), "
+                                                 "and loading them could run code, which resnets never does"),
                          ("run/iter-0000011.pt", "File is not a zip file"),
                          ("garbage.safetensors", "is a damaged")]:
         assert main(["eval", str(tmp_path / path), "--data", "digits"]) == 2
@@ -575,8 +615,172 @@ def test_a_decompression_bomb_in_a_training_folder_is_skipped_before_it_is_decod
     with pytest.raises(ImageError, match="8000x8000 is 64,000,000 pixels, over the limit of 50,000,000 .*: refused "
                                          "as a possible decompression bomb"):
         decode_rgb(bomb)
-    with pytest.warns(UserWarning, match=f"skipped 1 unreadable image\\(s\\): {re.escape(str(bomb))}"):
+    with pytest.warns(UserWarning, match=f"skipped 1 of the 3 image files in .*: 1 over 50,000,000 pixels, refused "
+                                         f"as a possible decompression bomb: {re.escape(str(bomb))}$"):
         assert len(load_folder(tmp_path, image_size=8)) == 2
     views = ImageNetFolder(tmp_path, crop=8, resize=8)
     labels = [views[i][1] for i in range(len(views))]
     assert sorted(labels) == [-1, 0, 1]  # counted out of an evaluation
+
+
+# ------------------------------------------------------------------- issue 39: a hostile new user's 278 tries
+
+
+# `resnets ARGS` in a fresh interpreter whose every temp file is a link to /dev/full (test_files.full).
+ON_A_FULL_DISK = ("import sys\nfrom resnets import files\nfrom resnets.cli import main\n"
+                  "def full(path):\n    tmp = path.with_name(f'.{path.name}.full.tmp')\n"
+                  "    tmp.symlink_to('/dev/full')\n    return tmp\n"
+                  "files._create_temp = full\nsys.exit(main(sys.argv[1:]))\n")
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    """A finished tiny() run directory (12 iterations, a checkpoint every 4)."""
+    run = tmp_path_factory.mktemp("tiny_run") / "run"
+    with torch_threads(1):
+        train(tiny(), run)
+    return run
+
+
+def test_a_pt2_export_onto_a_full_disk_is_one_line_not_an_abort(tiny_run, tmp_path):
+    """torch's zip writer, refused a write, threw again from its destructor when the interpreter ended: C++
+    terminate, exit 134, after the right line. In a fresh interpreter (a forked child ends without running it)."""
+    out = tmp_path / "b.pt2"
+    done = subprocess.run([sys.executable, "-c", ON_A_FULL_DISK, "export", str(tiny_run), "--out", str(out)],
+                          capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=300)
+    assert (done.returncode, done.stderr) == (1, f"resnets export: error: cannot write {out} (No space left on "
+                                                 "device); the files written before are intact: free some space, "
+                                                 "then run the command again\n")
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("reader", ["/dev/full", "gone"])
+def test_an_output_that_refuses_writes_is_one_line_and_a_reader_gone_is_quiet(tiny_run, digits_png, monkeypatch,
+                                                                              capsys, reader):
+    """`predict --json > /dev/full` printed a traceback; `predict | head -n 1` a BrokenPipeError traceback. Now: one
+    line, exit 1; or nothing, as cat says nothing, and the status a shell gives cat there (128 + SIGPIPE)."""
+    if reader == "gone":  # a pipe whose reader has closed it: `| head -n 0`
+        read, write = os.pipe()
+        os.close(read)
+        stdout = open(write, "w")
+    else:
+        stdout = open(reader, "w")
+    monkeypatch.setattr(sys, "stdout", stdout)
+    with stdout:
+        status = main(["predict", str(tiny_run), str(digits_png), *(["--json"] if reader == "/dev/full" else [])])
+    if reader == "gone":
+        assert (status, capsys.readouterr().err) == (128 + signal.SIGPIPE, "")
+    else:
+        assert (status, one_line_error(capsys)) == (1, "resnets predict: error: cannot write the standard output (No "
+                                                       "space left on device); what was written is cut short: free "
+                                                       "some space, then run the command again\n")
+
+
+@pytest.fixture
+def digits_png(tmp_path) -> Path:
+    Image.new("L", (8, 8), 200).save(tmp_path / "x.png")
+    return tmp_path / "x.png"
+
+
+def _misleading(run: Path, tmp: Path) -> list[tuple[list[str], str]]:
+    """The issue's commands that said something false or beside the point, and the one line each says now."""
+    (tmp / "exported.pt2").write_bytes(b"PK\3\4 a torch.export archive")
+    (tmp / "a_file").write_text("")
+    ckpt = run / "iter-0000012.pt"
+    return [
+        (["train", "--resume", str(ckpt)], f"{ckpt} is a checkpoint, not a run directory: resume its run with "
+                                           f"--resume {run}, which goes on from the newest usable checkpoint"),
+        (["train", "--resume", str(run), "--out", str(tmp / "other")], "--resume continues a run in its own "
+                                                                       "directory; drop --out"),
+        (["train", "--out", str(tmp / "a_file"), *tiny_args()], f"cannot create the run directory {tmp / 'a_file'}: "
+                                                                "a file is in the way; choose another --out"),
+        (["eval", str(tmp / "exported.pt2"), "--data", "digits"], f"{tmp / 'exported.pt2'} is a pt2 export, which "
+                                                                  "resnets does not read back: run it with "
+                                                                  "torch.export.load"),
+        (["eval", str(run), "--data", "digits", "--split-seed", "3"], "--split-seed says which images --val-split N "
+                                                                      "holds out; give --val-split too"),
+        (["predict", "--model", "resnet20", "x.png"], "resnet20 does not exist; packaged weights are named "
+                                                      "NETWORK:DATASET (resnet20:cifar10, "),
+        (["predict", "--model", "resnet20:cifar10"], "name the images (files or folders) to classify after "
+                                                     "resnet20:cifar10"),
+        (["predict"], "name the network (a checkpoint, run directory, .safetensors export, or --model "
+                      "NETWORK:DATASET), then the images to classify"),
+        (["export", str(run), "--out", str(tmp / "r.onnx"), "--format", "safetensors"],
+         f"--out {tmp / 'r.onnx'} has the extension of onnx files but --format is safetensors: give it the "
+         ".safetensors extension, or drop --format"),
+        (["embed", str(run), "x.png", "--out", str(tmp / "feat.txt")], f"--out {tmp / 'feat.txt'}: embed writes a "
+                                                                        "NumPy .npy file; give it a .npy name"),
+        *([] if torch.cuda.is_available() else [
+            (["predict", str(run), "x.png", "--device", "cuda"], "--device cuda but no CUDA device is available; use "
+                                                                 "--device cpu")]),
+    ]
+
+
+def test_misleading_messages_now_say_what_is_wrong(tiny_run, tmp_path, capsys):
+    for args, message in _misleading(tiny_run, tmp_path):
+        assert main(args) == 2, args
+        err = one_line_error(capsys)
+        assert err.startswith(f"resnets {args[0]}: error: {message}"), err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a_file", "exported.pt2"]  # nothing written
+
+
+def test_a_refused_pickle_says_code_was_refused_and_no_reason_is_cut_mid_word(tmp_path, capsys):
+    evil = tmp_path / "evil.pt"
+    torch.save({"model": Payload(tmp_path / "pwned")}, evil)
+    assert main(["eval", str(evil), "--data", "digits"]) == 2
+    assert one_line_error(capsys) == (f"resnets eval: error: checkpoint {evil} was refused: it holds Python objects "
+                                      "other than tensors (io.open), and loading them could run code, which resnets "
+                                      "never does; a resnets checkpoint holds only tensors and plain values\n")
+    from resnets.errors import first_line
+
+    assert first_line(ValueError("a reason of many words " * 9), 30) == "a reason of many words a ..."
+
+
+def test_resuming_a_finished_run_says_so_and_adds_no_leg(tiny_run, capsys):
+    legs = RunDir(tiny_run).legs()
+    capsys.readouterr()
+    assert main(["train", "--resume", str(tiny_run)]) == 0
+    assert capsys.readouterr().out == f"{tiny_run} is finished: iteration 12 of 12; nothing to resume\n"
+    assert RunDir(tiny_run).legs() == legs
+
+
+def test_one_channel_rule_eval_and_predict_convert_images_training_does_not(tiny_run, tmp_path, capsys):
+    """A grey (digits) network: eval and predict bring RGB images to its channel; fine-tuning it on RGB images is
+    refused, saying so (it advised setting model.name, which cannot help)."""
+    from .fakedata import make_image_folder
+
+    root = make_image_folder(tmp_path / "rgb", classes=2, per_class=4, size=8)
+    for k in range(2):
+        (root / f"c{k}").rename(root / str(k))  # two of the digits' classes, as RGB images
+    capsys.readouterr()
+    assert main(["eval", str(tiny_run), "--data", str(root), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["images"] == 8
+    assert main(["predict", str(tiny_run), str(root / "0" / "0.png")]) == 0
+    args = [f"model.init={tiny_run}", f"data.path={root}", "data.val_split=2", "data.cache_dir=",
+            *tiny_args(**{"optim.batch_size": 4})]
+    assert main(["train", "--out", str(tmp_path / "ft"), *args]) == 2
+    assert (f"model.init {tiny_run} was trained on 1-channel (grey) images and the data holds RGB ones: a run trains "
+            "on its data's channels (eval and predict convert images, training does not)") in one_line_error(capsys)
+
+
+def test_an_epoch_schedule_says_it_counts_epochs(tmp_path, capsys):
+    """schedule.unit=epoch (the finetune recipes') makes schedule.iterations count epochs: the first line says so."""
+    assert main(["train", "--out", str(tmp_path / "run"), *tiny_args(**{"schedule.unit": "epoch",
+                 "schedule.iterations": 1, "run.eval_every": 1, "schedule.milestones": [1]})]) == 0
+    steps = re.search(r"; 1 epochs \(schedule\.unit=epoch\) = (\d+) iterations of 32;", capsys.readouterr().out)
+    assert int(steps[1]) == RunDir(tmp_path / "run").metrics()[-1]["iteration"] > 1
+
+
+def test_predict_does_not_wait_on_a_named_pipe(tiny_run, tmp_path, capsys):
+    """A FIFO named explicitly blocked forever (one inside a scanned folder is skipped): reported, not read."""
+    fifo = tmp_path / "fifo.png"
+    os.mkfifo(fifo)
+    unblock = threading.Timer(20, lambda: os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)))
+    unblock.start()  # should the old behaviour come back: the test fails instead of hanging
+    start = time.perf_counter()
+    try:
+        assert main(["predict", str(tiny_run), str(fifo)]) == 1
+    finally:
+        unblock.cancel()
+    assert time.perf_counter() - start < 15
+    assert f"{fifo}: not a regular file (a named pipe, socket or device): not read" in one_line_error(capsys)

@@ -55,7 +55,7 @@ def test_hostile_names_are_escaped_in_text_and_exact_in_json(tmp_path, monkeypat
         assert main(["train", "--out", str(run), *args]) == 0
     err = capsys.readouterr().err
     assert "\x1b" not in err and "UserWarning" not in err and "warnings.warn" not in err
-    assert f"warning: skipped 1 unreadable image(s): {data}/\\x1b[31mred\\x1b[0m/\\x1b[2Jbroken\\n.png\n" in err
+    assert f"image files in {data}: 1 unreadable: {data}/\\x1b[31mred\\x1b[0m/\\x1b[2Jbroken\\n.png\n" in err
     assert load_checkpoint(run)["classes"] == sorted(HOSTILE[:2])  # stored exactly
 
     photos = tmp_path / "photos"
@@ -96,3 +96,32 @@ def test_warnings_are_one_plain_line_and_the_cuda_notice_is_quiet(capsys):
         assert probe.filter(logging.LogRecord(probe.name, logging.WARNING, "", 0, "something else", (), None))
     assert "UserWarning" in warnings.formatwarning(UserWarning("x"), UserWarning, "f.py", 1, "code")  # restored
     assert probe.filter(logging.LogRecord(probe.name, logging.WARNING, "", 0, "No CUDA runtime is found", (), None))
+
+
+def test_a_run_of_several_processes_warns_once_by_rank_0(monkeypatch):
+    """Issue 39: every process of a run read the same folder and said the same warnings (twice, two processes);
+    rank 0 alone says them, as it alone prints."""
+    for rank, said in (("0", 1), ("1", 0)):
+        monkeypatch.setenv("RANK", rank)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            with plain():
+                warnings.warn("skipped 1 of the 9 image files", UserWarning, stacklevel=1)
+        assert len(caught) == said
+
+
+def test_run_directory_names_are_escaped_by_train_experiment_report_and_responses(tmp_path, capsys):
+    """Issue 39: `report`, `experiment` and `responses` printed a run directory's name raw, and `train` its --out."""
+    out = tmp_path / "exp\x1b[31m"
+    assert main(["experiment", "degradation", "--depths", "20", "--family", "cifar10", "--out", str(out), "--data",
+                 "digits", "--val-split", "0", "--schedule", "cpu", "schedule.iterations=2", "run.eval_every=2",
+                 "model.widths=[4,8,8]", "model.depths=[1,1,1]"]) == 0
+    runs = [str(out / "plain20-seed0"), str(out / "resnet20-seed0")]
+    assert main(["report", str(out)]) == 0
+    assert main(["experiment", "responses", *runs, "--images", "20", "--out", str(out)]) == 0
+    text = capsys.readouterr()
+    assert "\x1b" not in text.out + text.err
+    assert text.out.count(f"run directory {shown(out)}/") == 2  # train's first lines, in the experiment
+    assert text.out.count(f"| {shown(out)}/plain20-seed0 |") == 2  # the report's row and the responses' row
+    assert f"wrote {shown(out)}/responses.md" in text.out
+    assert [r["run"] for r in json.loads((out / "responses.json").read_text())] == runs  # exact in JSON

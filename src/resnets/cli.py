@@ -3,6 +3,7 @@
 import argparse
 import json
 import os
+import signal
 import sys
 import time
 import traceback
@@ -12,7 +13,7 @@ import torch
 
 from . import __version__
 from .errors import UserError, first_line
-from .terminal import plain, shown
+from .terminal import ReaderGone, checked_stdout, plain, shown
 
 DEFAULT_RECIPE = "digits/resnet20"  # the embedded default: trains anywhere, no download
 
@@ -47,6 +48,9 @@ def cmd_train(args) -> int | None:
         print("\n".join(list_recipes()))
         return
     if args.resume:
+        if args.out:
+            raise UserError("--resume continues a run in its own directory; drop --out (or copy the run directory "
+                            "there and resume the copy)")
         run = RunDir(args.resume)
         cfg = run.config(args.overrides)
         if args.recipe:
@@ -108,7 +112,7 @@ def cmd_experiment(args) -> None:
     table, text = experiments.tabulate(args.experiment, runs, out)
     experiments.write_outputs(args.experiment, runs, out, title, table, text)
     print(text, end="")
-    print(f"wrote {out / args.experiment}.md, .json and .png")
+    print(f"wrote {shown(out / args.experiment)}.md, .json and .png")
 
 
 def cmd_responses(args) -> None:
@@ -120,7 +124,7 @@ def cmd_responses(args) -> None:
     out = Path(args.out)
     outputs.write(out, "responses", markdown(results), results, lambda path: plot_responses(results, path))
     print(markdown(results), end="")
-    print(f"wrote {out / 'responses'}.md, .json and .png")
+    print(f"wrote {shown(out / 'responses')}.md, .json and .png")
 
 
 def cmd_report(args) -> None:
@@ -131,7 +135,7 @@ def cmd_report(args) -> None:
     text = markdown([run_row(run) for run in find_runs(args.runs)])
     if args.out:
         files.write_text(args.out, text)
-        print(f"wrote {args.out}")
+        print(f"wrote {shown(args.out)}")
     else:
         print(text, end="")
 
@@ -140,10 +144,12 @@ def cmd_eval(args) -> None:
     from . import distributed, runtime
     from .serving.evaluate import evaluate_checkpoint
 
+    if args.split_seed is not None and not args.val_split:
+        raise UserError("--split-seed says which images --val-split N holds out; give --val-split too")
     runtime.keep_freed_memory()  # batch after batch frees and takes the same blocks, as a training step does
-    results = evaluate_checkpoint(args.checkpoint, args.data, args.protocol.split(","), device=args.device,
-                                  precision=args.precision, val_split=args.val_split, split_seed=args.split_seed,
-                                  scales=args.scales)
+    results = evaluate_checkpoint(args.checkpoint, args.data, args.protocol.split(","),
+                                  device=runtime.pick_device(args.device, "--device "), precision=args.precision,
+                                  val_split=args.val_split, split_seed=args.split_seed or 0, scales=args.scales)
     if distributed.rank() != 0:  # under torchrun every process has the results; one prints them
         return
     for result in results:
@@ -161,10 +167,14 @@ def cmd_predict(args) -> int:
     from .serving.weights import load_model
 
     runtime.keep_freed_memory()  # as in eval
-    source, inputs = (args.model, [args.checkpoint, *args.inputs]) if args.model else (args.checkpoint, args.inputs)
+    named = [args.checkpoint] if args.checkpoint else []
+    source, inputs = (args.model, [*named, *args.inputs]) if args.model else (args.checkpoint, args.inputs)
+    if not source:
+        raise UserError("name the network (a checkpoint, run directory, .safetensors export, or --model "
+                        "NETWORK:DATASET), then the images to classify")
     if not inputs:
         raise UserError(f"name the images (files or folders) to classify after {source}")
-    model, info = load_model(source, runtime.pick_device(args.device))
+    model, info = load_model(source, runtime.pick_device(args.device, "--device "))
     files = image_files(inputs)
     failed = 0
     for result in predict(model, info, files, args.top_k, args.batch_size, args.max_pixels or MAX_PIXELS, args.mode):
@@ -187,8 +197,11 @@ def cmd_embed(args) -> int:
     from .serving.predict import image_files
     from .serving.weights import load_model
 
+    if args.out and Path(args.out).suffix != ".npy":  # what it writes; another name would hide that
+        raise UserError(f"--out {args.out}: embed writes a NumPy .npy file; give it a .npy name (or --json for "
+                        "text)")
     runtime.keep_freed_memory()  # as in eval
-    model, info = load_model(args.checkpoint, runtime.pick_device(args.device))
+    model, info = load_model(args.checkpoint, runtime.pick_device(args.device, "--device "))
     results, failed = [], 0
     for result in embed(model, info, image_files(args.inputs), args.batch_size, args.max_pixels or MAX_PIXELS):
         if "error" in result:
@@ -201,8 +214,8 @@ def cmd_embed(args) -> int:
             results.append(result)
     if args.out:
         rows = save_npy(results, model.num_features, args.out)
-        print(f"wrote {args.out}: {rows.shape[0]} images x {rows.shape[1]} features (float32), one row per file in "
-              f"the order listed" + (f"; {failed} unreadable: rows of NaN" if failed else ""))
+        print(f"wrote {shown(args.out)}: {rows.shape[0]} images x {rows.shape[1]} features (float32), one row per "
+              f"file in the order listed" + (f"; {failed} unreadable: rows of NaN" if failed else ""))
     if failed:
         return 1  # some files were not embedded
 
@@ -212,7 +225,7 @@ def cmd_export(args) -> None:
 
     result = export(args.checkpoint, args.out, args.format)
     checker = FORMATS[result["format"]].checker
-    print(f"wrote {result['path']} ({result['format']}, {result['bytes'] / 1e6:.1f} MB); {checker}"
+    print(f"wrote {shown(result['path'])} ({result['format']}, {result['bytes'] / 1e6:.1f} MB); {checker}"
           f" vs PyTorch fp32 on 3 random images: max abs diff on logits {result['max_abs_diff']:.2e}"
           f" (limit {result['limit']:.1e})")
 
@@ -247,7 +260,7 @@ def _add_summary(jobs) -> None:
     """`resnets summary`."""
     p = jobs.add_parser("summary", help="parameters, multiply-adds and stage shapes of presets")
     p.add_argument("names", nargs="*", metavar="NAME", help="preset names (default: all)")
-    p.add_argument("--input-size", type=int, default=None, help="input side in pixels (default 224 / 32)")
+    p.add_argument("--input-size", type=_at_least(1), default=None, help="input side in pixels (default 224 / 32)")
     p.add_argument("--json", action="store_true", help="print JSON (one object for one name)")
     p.set_defaults(func=cmd_summary)
 
@@ -320,7 +333,7 @@ def _add_eval(jobs) -> None:
     p.add_argument("--data", required=True, help="'digits', a CIFAR archive/folder (test split) or an image folder")
     p.add_argument("--val-split", type=_at_least(1), default=0, metavar="N",
                    help="measure the N training images that a run with data.val_split=N held out (the same ones)")
-    p.add_argument("--split-seed", type=_at_least(0), default=0, help="with --val-split: data.split_seed of the run")
+    p.add_argument("--split-seed", type=_at_least(0), help="with --val-split: data.split_seed of the run (default 0)")
     p.add_argument("--device", default="auto")
     p.add_argument("--precision", default="fp32", choices=CHOICES["run.precision"])
     p.add_argument("--protocol", default="center", type=_protocols,
@@ -339,8 +352,9 @@ def _add_predict(jobs) -> None:
     from .serving.inference import uncalibrated_modes  # the choices come from the table of modes
 
     p = jobs.add_parser("predict", help="classify image files with a checkpoint or safetensors export")
-    p.add_argument("checkpoint", help="a checkpoint, a run directory (its newest checkpoint), a .safetensors export "
-                                      "or packaged weights (resnet20:cifar10); with --model, the first image")
+    p.add_argument("checkpoint", nargs="?", help="a checkpoint, a run directory (its newest checkpoint), a "
+                                                   ".safetensors export or packaged weights (resnet20:cifar10); with "
+                                                   "--model, the first image")
     p.add_argument("inputs", nargs="*", metavar="IMAGE_OR_FOLDER", help="image files, or folders searched recursively")
     p.add_argument("--model", metavar="NETWORK:DATASET",
                    help="the packaged weights to use, e.g. resnet20:cifar10 (docs/PRETRAINED.md); every positional "
@@ -445,8 +459,10 @@ def main(argv: list[str] | None = None) -> int:
     args = _parse(argv)
     debug = getattr(args, "debug", False)
     try:
-        with plain():
+        with plain(), checked_stdout():
             status = args.func(args) or 0
+    except ReaderGone:  # `resnets predict ... | head`: the reader has what it wanted; quiet, as cat is
+        return 128 + signal.SIGPIPE  # what a shell reports for cat there
     except UserError as e:
         if debug:
             traceback.print_exc()

@@ -6,10 +6,18 @@ ANSI = re.compile(r"\x1b\[[0-9;]*m")  # colour codes, which torch puts in some o
 
 
 def first_line(e: BaseException, limit: int = 120) -> str:
-    """The first line of an exception's message, uncoloured and cut to `limit` characters (its type's name if it
-    has none): the reason in a one-line error."""
+    """The first line of an exception's message, uncoloured and cut at a space before `limit` characters (its
+    type's name if it has none): the reason in a one-line error."""
     text = ANSI.sub("", str(e)).strip()
-    return text.splitlines()[0][:limit] if text else type(e).__name__
+    if not text:
+        return type(e).__name__
+    line = text.splitlines()[0]
+    return line if len(line) <= limit else line[:limit].rsplit(" ", 1)[0] + " ..."  # a cut says so, between words
+
+
+def few(names: list[str]) -> str:
+    """The first three of `names` and, if there are more, how many in all: names in a one-line message."""
+    return ", ".join(names[:3]) + (f", ... ({len(names)})" if len(names) > 3 else "")
 
 
 def close_matches(word: str, choices: Iterable[str], cutoff: float = 0.5) -> list[str]:

@@ -2,13 +2,16 @@
 
 Checkpoints, config.toml, metrics.jsonl, plots, the decoded-folder cache, exports and experiment outputs all go
 through `replacing`, so a reader never sees half a file and a failed write leaves the previous file as it was. A
-process killed during a write leaves at worst a temp file matching TEMP_GLOB, which no loader looks at and the next
-run in a run directory removes (rundir.RunDir.lock). A write the machine refuses (disk full, read-only disk, no
-permission), however the writing library wraps the error, becomes one WriteFailure line naming the file.
+process killed during a write leaves at worst a temp file matching TEMP_GLOB, which no loader looks at and which the
+next write of the same file removes (or the next run in a run directory: rundir.RunDir.lock). A write the
+machine refuses (disk full, read-only disk, no permission), however the writing library wraps the error, becomes
+one WriteFailure line naming the file.
 """
 
 import contextlib
 import errno
+import fcntl
+import glob
 import os
 import re
 import secrets
@@ -39,10 +42,12 @@ class WriteFailure(EnvironmentFailure):
 def replacing(path: str | Path) -> Iterator[Path]:
     """A new temp file beside `path` (its folder created if need be) for the block to write by name, so any writer
     can (torch, safetensors, matplotlib); renamed onto `path` when the block ends, removed if it raises."""
-    path, tmp = Path(path), None
+    path, tmp, held = Path(path), None, None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
+        _remove_abandoned(path)
         tmp = _create_temp(path)
+        held = _hold(tmp)
         yield tmp
         _settle(tmp)
         os.replace(tmp, path)
@@ -53,6 +58,8 @@ def replacing(path: str | Path) -> Iterator[Path]:
             raise  # not the machine's refusal: a bug, shown as such
         raise WriteFailure(path, refused) from e
     finally:
+        if held is not None:
+            os.close(held)
         if tmp is not None:
             with contextlib.suppress(OSError):  # a disk turned read-only keeps it; a clean-up removes it later
                 tmp.unlink()
@@ -67,6 +74,27 @@ def _create_temp(path: Path) -> Path:
     tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
     os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))  # exclusively: never another writer's file
     return tmp
+
+
+def _hold(tmp: Path) -> int:
+    """A descriptor of `tmp` holding flock(2) on it while it is written: the OS drops the lock when the writer
+    dies, SIGKILL included, which is how _remove_abandoned tells a killed writer's temp file from a live one's."""
+    fd = os.open(tmp, os.O_RDONLY)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    return fd
+
+
+def _remove_abandoned(path: Path) -> None:
+    """The temp files of earlier writes of `path` whose writers were killed (an export killed by SIGKILL): nothing
+    else would remove them outside a run directory. Those whose writer still holds them stay."""
+    for tmp in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
+        with contextlib.suppress(OSError):  # gone already, a read-only disk, or a link: left alone
+            fd = os.open(tmp, os.O_RDONLY | os.O_NOFOLLOW)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # BlockingIOError: a live writer's
+                tmp.unlink()
+            finally:
+                os.close(fd)
 
 
 def _umask() -> int:

@@ -15,6 +15,7 @@ import contextlib
 import fcntl
 import json
 import os
+import pickle
 import re
 import time
 import zipfile
@@ -25,9 +26,9 @@ import tomli_w
 import torch
 from torch.optim.swa_utils import AveragedModel
 
-from . import distributed, files
+from . import files
 from .config import Config, from_dict, load_config
-from .errors import EnvironmentFailure, UserError, first_line
+from .errors import EnvironmentFailure, UserError, few, first_line
 from .models import ResNet
 from .preprocessing import Preprocessing
 from .schedule import scheduled_steps
@@ -58,8 +59,12 @@ class RunDir:
 
     def config(self, overrides: list[str] | dict = ()) -> Config:
         """The run's own config (with `overrides`); a UserError that says what to do if no run started here."""
+        if self.path.is_file() and CHECKPOINT.fullmatch(self.path.name):
+            raise UserError(f"{self.path} is a checkpoint, not a run directory: resume its run with --resume "
+                            f"{self.path.parent}, which goes on from the newest usable checkpoint")
         if not self.path.is_dir():
-            raise UserError(f"{self.path} is not a run directory: it does not exist")
+            raise UserError(f"{self.path} is not a run directory: " + ("it is a file" if self.path.exists()
+                                                                       else "it does not exist"))
         if not self.is_run():  # what a run killed before its first write leaves: nothing to resume from
             raise UserError(f"{self.path} has no config.toml: not a run directory, or its run was stopped before it "
                             f"started; start it again with the command that started it, with --out {self.path}")
@@ -113,6 +118,9 @@ class RunDir:
         try:
             self.path.mkdir(parents=True, exist_ok=True)
             fd = os.open(self.path, os.O_RDONLY)
+        except (FileExistsError, NotADirectoryError):  # the command's mistake, not the machine's
+            raise UserError(f"cannot create the run directory {self.path}: a file is in the way; choose another "
+                            "--out") from None
         except OSError as e:
             raise EnvironmentFailure(f"cannot create the run directory {self.path} ({e.strerror}); choose another "
                                      "--out") from None
@@ -215,6 +223,11 @@ def load_checkpoint(path: str | Path) -> dict:
         raise UserError(f"checkpoint {path} does not exist") from None
     except UserError:
         raise
+    except pickle.UnpicklingError as e:  # weights_only refused an object; torch's message is about its own options
+        named = re.search(r"GLOBAL (\S+)", str(e))
+        raise UserError(f"checkpoint {path} was refused: it holds Python objects other than tensors "
+                        f"({named[1] if named else 'pickled code'}), and loading them could run code, which resnets "
+                        "never does; a resnets checkpoint holds only tensors and plain values") from None
     except Exception as e:  # truncated zip, flipped bytes, a pickle that wants to run code: all refused
         raise UserError(f"checkpoint {path} is corrupt or not a resnets checkpoint ({first_line(e)})") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") not in READABLE:
@@ -254,11 +267,17 @@ class TrainState:
         }, run.checkpoint_file(self.iteration))
         run.prune(cfg.run.keep_checkpoints)
 
-    def restore(self, path: Path, cfg: Config, world: int) -> None:
-        """Checkpoint `path` into the live objects; a UserError if it is another run's or another network's."""
+    def restore(self, path: Path, cfg: Config, world: int, classes: list[str]) -> None:
+        """Checkpoint `path` into the live objects, for data of `classes`; a UserError if it is another run's or
+        another network's, OtherData if the data is not the one it was trained on."""
         ckpt = load_checkpoint(path)
         if config_differences(ckpt.get("config") or {}, cfg.to_dict()):
             raise UserError(f"{path} was written with a different config")
+        trained = ckpt.get("classes")
+        if trained is not None and list(trained) != list(classes):
+            raise OtherData(f"data.path {cfg.data.path} holds {len(classes)} classes ({few(classes)}) but the run "
+                            f"was trained on {len(trained)} ({few(trained)}): resume it with the data it was trained "
+                            "on")
         theirs, ours = ckpt.get("model_config") or {}, self.model.config
         if theirs.get("num_classes") != ours.num_classes:
             raise UserError(f"{path} is for {theirs.get('num_classes')} classes but the data has {ours.num_classes}")
@@ -287,21 +306,25 @@ class TrainState:
         """The network the run evaluates and saves as its weights: the average of the weights, if it keeps one."""
         return self.average.module if self.average else self.model
 
-    def resume(self, run: RunDir, cfg: Config, world: int) -> None:
-        """From the newest usable checkpoint of `run`, falling back past damaged or foreign ones; from iteration 0
-        if the run stopped before its first. The caller has checked `cfg` against the run's config.toml."""
-        found = run.checkpoints()
-        if not found:
-            print(f"{run} holds no checkpoint yet; starting from iteration 0")
-            return
+    def resume(self, run: RunDir, cfg: Config, world: int, classes: list[str]) -> Path | None:
+        """From the newest usable checkpoint of `run` (returned; None if the run stopped before its first, which
+        starts from iteration 0), falling back past damaged or foreign ones; for data of `classes`, which none of
+        them is asked to fit if it is not the run's (OtherData). The caller has checked `cfg` against the run's
+        config.toml."""
         problems = []
-        for path in reversed(found):
+        for path in reversed(run.checkpoints()):
             try:
-                self.restore(path, cfg, world)
-                if distributed.rank() == 0:
-                    print(f"resuming {run} from iteration {self.iteration} ({path.name})")
-                return
+                self.restore(path, cfg, world, classes)
+                return path
+            except OtherData:
+                raise
             except UserError as e:
                 print(f"warning: {shown(e)}; trying the previous checkpoint")
                 problems.append(str(e))
-        raise UserError(f"no usable checkpoint in {run}; the newest: {problems[0]}")
+        if problems:
+            raise UserError(f"no usable checkpoint in {run}; the newest: {problems[0]}")
+        return None
+
+
+class OtherData(UserError):
+    """The data a run resumes with is not the one it was trained on: no checkpoint of it fits, so said once."""

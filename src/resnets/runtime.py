@@ -75,11 +75,13 @@ def native_bf16_cpu() -> bool:
     return torch.cpu._is_amx_tile_supported() or torch.cpu._is_avx512_bf16_supported()
 
 
-def pick_device(name: str) -> torch.device:
+def pick_device(name: str, option: str = "run.device=") -> torch.device:
+    """The device `name` says ("auto": a GPU if there is one); `option` is how the command spells the setting, for
+    its one-line errors ("run.device=", "--device ")."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError(f"run.device={name} but no CUDA device is available; use run.device=cpu")
+        raise UserError(f"{option}{name} but no CUDA device is available; use {option}cpu")
     try:
         return torch.device(name)
     except RuntimeError:

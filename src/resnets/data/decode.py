@@ -6,6 +6,8 @@ a network's channels (grey: ITU-R 601 luma, exactly as Pillow's convert("L") com
 """
 
 import contextlib
+import os
+import stat
 import warnings
 from pathlib import Path
 
@@ -27,6 +29,14 @@ LUMA = (19595, 38470, 7471)
 
 class ImageError(Exception):
     """One file that cannot be decoded: its one-line reason."""
+
+    kind = "unreadable"  # what training folders call such files when they count them
+
+
+class TooManyPixels(ImageError):
+    """A file whose header claims more pixels than allowed: readable perhaps, but refused before it is decoded."""
+
+    kind = f"over {MAX_PIXELS:,} pixels, refused as a possible decompression bomb"
 
 
 def to_mode(image: Image.Image, mode: str) -> Image.Image:
@@ -65,14 +75,19 @@ def decode_rgb(path: str | Path, max_pixels: int = MAX_PIXELS) -> torch.Tensor:
     """(3, H, W) uint8 RGB of an image file in any mode (grey, CMYK, RGBA, palette, 16-bit); ImageError with the
     reason if it cannot be read or has more than `max_pixels` pixels."""
     try:
+        kind = os.stat(path).st_mode
+        if stat.S_ISDIR(kind):
+            raise ImageError("is a folder")
+        if not stat.S_ISREG(kind):  # opening a named pipe waits for a writer, reading a device may never end
+            raise ImageError("not a regular file (a named pipe, socket or device): not read")
         # The header only (well under 0.1 ms, a few percent of decoding a 500x375 JPEG): torchvision would allocate
         # the size a file claims before decoding a single pixel.
         with _pillow(), Image.open(path) as image:
             width, height = image.size
             if width * height > max_pixels:  # before a single pixel is decoded
                 # The hint names the one place the limit is an option; training folders only list skipped files.
-                raise ImageError(f"{width}x{height} is {width * height:,} pixels, over the limit of {max_pixels:,} "
-                                 "(--max-pixels): refused as a possible decompression bomb")
+                raise TooManyPixels(f"{width}x{height} is {width * height:,} pixels, over the limit of "
+                                    f"{max_pixels:,} (--max-pixels): refused as a possible decompression bomb")
             try:
                 return _torchvision(path)
             except RuntimeError:
@@ -82,8 +97,6 @@ def decode_rgb(path: str | Path, max_pixels: int = MAX_PIXELS) -> torch.Tensor:
         raise
     except FileNotFoundError:
         raise ImageError("no such file") from None
-    except IsADirectoryError:
-        raise ImageError("is a folder") from None
     except UnidentifiedImageError:  # torchvision is not tried either: no file is decoded with its size unchecked
         raise ImageError("not an image (or a format Pillow cannot read)") from None
     except Exception as e:  # truncated or damaged data; whatever a decoder raises, it is this file's problem
@@ -99,11 +112,12 @@ def _torchvision(path: str | Path) -> torch.Tensor:
 
 
 def to_channels(image: torch.Tensor, channels: int) -> torch.Tensor:
-    """A decoded uint8 (1 or 3, H, W) image with `channels` channels: grey as Pillow's convert("L") makes it from
-    RGB, RGB as convert("RGB") makes it from grey (three equal channels)."""
-    if channels == 1 and image.shape[0] == 3:
-        weights = torch.tensor(LUMA, dtype=torch.int32).view(3, 1, 1)
-        return ((image.int() * weights).sum(0, keepdim=True) + 2**15).bitwise_right_shift(16).to(torch.uint8)
-    if channels != 1 and image.shape[0] == 1:  # every network of other than 1 channel takes RGB, as predict fed it
-        return image.expand(3, -1, -1).contiguous()
+    """Decoded uint8 (..., 1 or 3, H, W) images with `channels` channels: grey as Pillow's convert("L") makes it
+    from RGB, RGB as convert("RGB") makes it from grey (three equal channels). The one rule of eval and predict:
+    images are brought to the network's channels (training takes the data's: a new network is built for them)."""
+    if channels == 1 and image.shape[-3] == 3:
+        weights = torch.tensor(LUMA, dtype=torch.int32, device=image.device).view(3, 1, 1)
+        return ((image.int() * weights).sum(-3, keepdim=True) + 2**15).bitwise_right_shift(16).to(torch.uint8)
+    if channels != 1 and image.shape[-3] == 1:  # every network of other than 1 channel takes RGB, as predict fed it
+        return image.expand(*image.shape[:-3], 3, *image.shape[-2:]).contiguous()
     return image

@@ -1,6 +1,7 @@
 """Image folders (root/<class>/<image>): decoded into memory with a cache, or streamed from disk."""
 
 import copy
+import dataclasses
 import hashlib
 import json
 import os
@@ -58,25 +59,30 @@ def resize_center_crop(image: torch.Tensor, resize: int, size: int) -> torch.Ten
     return TF.center_crop(TF.resize(image, [resize], antialias=True), [size, size])
 
 
-def _warn_skipped(skipped: list[str]) -> None:
+def _warn_skipped(skipped: dict[str, str], listed: int, root: Path) -> None:
+    """One warning for the files of a folder left out, by kind (ImageError.kind), the first few of each named."""
     if skipped:
-        shown = ", ".join(skipped[:3]) + (", ..." if len(skipped) > 3 else "")
-        warnings.warn(f"skipped {len(skipped)} unreadable image(s): {shown}", stacklevel=3)
+        kinds = {}
+        for path, kind in skipped.items():
+            kinds.setdefault(kind, []).append(path)
+        said = "; ".join(f"{len(paths)} {kind}: {', '.join(paths[:3])}"
+                         + (f" and {len(paths) - 3} more" if len(paths) > 3 else "") for kind, paths in kinds.items())
+        warnings.warn(f"skipped {len(skipped)} of the {listed} image files in {root}: {said}", stacklevel=3)
 
 
 def _decode_all(
     paths: list[Path], labels: list[int], image_size: int | None
-) -> tuple[list[torch.Tensor], list[int], list[str]]:
-    """(images, labels, skipped paths) for the readable files among `paths`."""
-    images, kept, skipped = [], [], []
+) -> tuple[list[torch.Tensor], list[int], dict[str, str]]:
+    """(images, labels, {path: ImageError.kind} of the files skipped) for the readable files among `paths`."""
+    images, kept, skipped = [], [], {}
     # disable=None: tqdm shows the bar only on a terminal; small folders decode too fast to need one.
     bar = tqdm(zip(paths, labels), total=len(paths), desc="decoding images", unit="img",
                disable=None if len(paths) >= 1000 else True)
     for path, label in bar:
         try:
             image = decode_rgb(path)
-        except ImageError:  # this file is unreadable; the others are still used
-            skipped.append(str(path))
+        except ImageError as e:  # this file cannot be used; the others still are
+            skipped[str(path)] = e.kind
             continue
         if image_size:
             image = resize_center_crop(image, image_size, image_size)
@@ -102,18 +108,20 @@ def _cache_file(cache_dir: Path, root: Path, paths: list[Path], image_size: int 
     return cache_dir / f"{root.name}-{hashlib.sha256(fingerprint.encode()).hexdigest()[:16]}.safetensors"
 
 
-def _read_cache(path: Path) -> tuple[ArrayDataset, list[str]] | None:
+def _read_cache(path: Path) -> tuple[ArrayDataset, dict[str, str]] | None:
     try:
         tensors = load_file(path)
         with safe_open(path, "pt") as f:
             meta = f.metadata()
         ds = ArrayDataset(tensors["images"], tensors["labels"], json.loads(meta["classes"]))
-        return ds, json.loads(meta["skipped"])
+        skipped = json.loads(meta["skipped"])
+        # Caches written before the kinds were kept list the paths alone.
+        return ds, skipped if isinstance(skipped, dict) else dict.fromkeys(skipped, ImageError.kind)
     except Exception:  # missing or damaged: it is only a cache, so decode again and (re)write it
         return None
 
 
-def _write_cache(path: Path, ds: ArrayDataset, skipped: list[str]) -> None:
+def _write_cache(path: Path, ds: ArrayDataset, skipped: dict[str, str]) -> None:
     """The decoded folder, through the one atomic writer: a crash or a concurrent run never leaves half a cache
     under the real name. A disk that refuses it costs only the next decoding, so that is a warning."""
     try:
@@ -145,19 +153,22 @@ def load_folder(root: str | Path, image_size: int | None = None, cache_dir: Path
         ds = ArrayDataset(torch.stack(images), torch.tensor(kept, dtype=torch.int64), classes)
         if cache is not None:
             _write_cache(cache, ds, skipped)
-    _warn_skipped(skipped)
-    return ds
+    _warn_skipped(skipped, len(paths), root)
+    return dataclasses.replace(ds, unread=tuple(i for i, p in enumerate(paths) if str(p) in skipped))
 
 
 class StreamedFolder(torch.utils.data.Dataset):
     """A root/<class>/<image> folder read from disk batch by batch by DataLoader workers, for folders too big to
     hold in memory. Subclasses say what an item becomes (`__getitem__`): a tuple (image or views, label,
-    unreadable paths met, "\\n"-joined), which the workers decode and `load_batches` reports on.
+    (path, ImageError.kind) of each file met that cannot be used), which the workers decode and `load_batches`
+    reports on.
 
-    An unreadable file is reported by path (a warning in the main process, once per file, with the running
-    count) and never ends a run: the next readable file stands in for it (`_first_readable`), or an item counts
-    it out with label -1.
+    Such a file is reported by path (a warning in the main process, once per file, with the running count) and
+    never ends a run: the next readable file stands in for it (`_first_readable`), or an item counts it out with
+    label -1 (`_read`).
     """
+
+    streamed = True  # every file listed is an item: the unreadable ones among them are found as they are met
 
     def __init__(self, root: str | Path):
         self.root = Path(root)
@@ -172,17 +183,30 @@ class StreamedFolder(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.paths)
 
-    def _first_readable(self, index: int) -> tuple[torch.Tensor, int, str]:
-        """(image, label, unreadable paths passed over) of the first readable file from `index` on, wrapping
-        around."""
+    def listing(self) -> tuple[torch.Tensor, int]:
+        """(each item's position in the list of files, its length): every file is an item, readable or not."""
+        return torch.arange(len(self)), len(self)
+
+    def _read(self, index: int) -> tuple[torch.Tensor | None, int, tuple]:
+        """(image, label, ()) of the file at `index`, or (None, -1, ((its path, why),)) if it cannot be used:
+        counted out of an evaluation, which a stand-in would score twice."""
+        path = os.fsdecode(self.paths[index])
+        try:
+            return decode_rgb(path), int(self.labels[index]), ()
+        except ImageError as e:
+            return None, -1, ((path, e.kind),)
+
+    def _first_readable(self, index: int) -> tuple[torch.Tensor, int, tuple]:
+        """(image, label, (path, why) of each file passed over) of the first readable file from `index` on,
+        wrapping around."""
         skipped = []
         for offset in range(len(self)):
             i = (index + offset) % len(self)
             path = os.fsdecode(self.paths[i])
             try:
-                return decode_rgb(path), int(self.labels[i]), "\n".join(skipped)
-            except ImageError:  # this file cannot be used: the next one stands in
-                skipped.append(path)
+                return decode_rgb(path), int(self.labels[i]), tuple(skipped)
+            except ImageError as e:  # this file cannot be used: the next one stands in
+                skipped.append((path, e.kind))
         raise UserError(f"none of the image files under {self.root} could be read")
 
     def subset(self, index: torch.Tensor) -> "StreamedFolder":
@@ -198,9 +222,9 @@ class StreamedFolder(torch.utils.data.Dataset):
         loader = self._dataloader(workers)
         loader.batch_sampler.batches = [b.tolist() if torch.is_tensor(b) else b for b in batches]
         for images, labels, unreadable in loader:
-            for paths in filter(None, unreadable):
-                for path in paths.split("\n"):
-                    self._report(path)
+            for met in unreadable:
+                for path, kind in met:
+                    self._report(path, kind)
             yield images, labels
 
     def _dataloader(self, workers: int) -> torch.utils.data.DataLoader:
@@ -216,10 +240,10 @@ class StreamedFolder(torch.utils.data.Dataset):
                 pin_memory=torch.cuda.is_available(), persistent_workers=workers > 0, generator=torch.Generator())
         return self._loader
 
-    def _report(self, path: str) -> None:
+    def _report(self, path: str, kind: str) -> None:
         if path not in self.unreadable:
             self.unreadable.add(path)
-            warnings.warn(f"skipped unreadable image {path} ({len(self.unreadable)} so far in {self.root})",
+            warnings.warn(f"skipped image {path}: {kind} ({len(self.unreadable)} so far in {self.root})",
                           stacklevel=3)
 
     def __getstate__(self) -> dict:
@@ -258,17 +282,30 @@ class FolderDataset(StreamedFolder):
     """A streamed folder of images brought to one size: items are (uint8 (3, S, S) image, label, unreadable
     paths met), each image resized (shorter side) and centre-cropped to S, with S = `image_size` or the first
     image's width. Augmentation is not done here but on whole batches by the loader, exactly as for in-memory
-    data, so both paths train identically. An unreadable file is stood in for by the next readable one.
+    data, so both paths train identically. An unreadable file is stood in for by the next readable one in
+    training, and counted out (label -1) of an evaluation (for_evaluation).
     """
 
     def __init__(self, root: str | Path, image_size: int | None = None):
         super().__init__(root)
         self.size = image_size or self._first_readable(0)[0].shape[-1]
+        self.evaluating = False
 
     @property
     def image_shape(self) -> tuple[int, int, int]:
         return 3, self.size, self.size
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, int, str]:
-        image, label, skipped = self._first_readable(index)
+    def for_evaluation(self) -> "FolderDataset":
+        """This folder as evaluation reads it: each image once, an unreadable one counted out, none standing in."""
+        part = copy.copy(self)
+        part.evaluating, part._loader = True, None
+        return part
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int, tuple]:
+        if self.evaluating:
+            image, label, skipped = self._read(index)
+            if image is None:  # a placeholder keeps the batch's shape
+                return torch.zeros(self.image_shape, dtype=torch.uint8), label, skipped
+        else:
+            image, label, skipped = self._first_readable(index)
         return resize_center_crop(image, self.size, self.size), label, skipped

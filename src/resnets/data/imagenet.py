@@ -7,14 +7,12 @@ protocol: the centre crop, ten crops, or the whole image at several scales.
 """
 
 import copy
-import os
 
 import torch
 from torchvision.transforms.v2 import functional as TF
 
 from ..errors import UserError
 from .arrays import ArrayDataset
-from .decode import ImageError, decode_rgb
 from .folders import StreamedFolder, resize_center_crop
 
 # Krizhevsky et al. 2012 (Sec. 4.1): PCA of ImageNet's RGB pixel values (in [0, 1]); the constants of
@@ -69,16 +67,16 @@ class ImageNetFolder(StreamedFolder):
         return 3, self.crop, self.crop
 
     def __getitem__(self, item) -> tuple:
-        """(image or views, label, unreadable paths met, "\\n"-joined) of an index or a training tuple."""
+        """(image or views, label, (path, why) of each file met that cannot be used) of an index or a training
+        tuple."""
         if isinstance(item, tuple):
             index, *params = item
             image, label, skipped = self._first_readable(index)
             return scale_crop_flip(image, self.crop, *params), label, skipped
-        path = os.fsdecode(self.paths[item])
-        try:
-            return self.views(decode_rgb(path)), int(self.labels[item]), ""
-        except ImageError:  # counted out; a placeholder keeps the batch's shape
-            return self.views(torch.zeros(3, self.crop, self.crop, dtype=torch.uint8)), -1, path
+        image, label, skipped = self._read(item)
+        if image is None:  # counted out; a placeholder keeps the batch's shape
+            image = torch.zeros(3, self.crop, self.crop, dtype=torch.uint8)
+        return self.views(image), label, skipped
 
     def views(self, image: torch.Tensor):
         """The test protocol's views of one decoded image: a tensor, a stack of ten, or a list (sizes differ)."""
@@ -97,6 +95,9 @@ class ImageNetFolder(StreamedFolder):
         part = copy.copy(self)
         part.protocol, part.scales = protocol, tuple(scales)
         return part
+
+    def for_evaluation(self) -> "ImageNetFolder":
+        return self  # its evaluation items (indices, not training tuples) count unreadable files out already
 
     def sample(self, n: int, workers: int = 0) -> ArrayDataset:
         """n centre crops spread over the folder, whatever this object's protocol (see StreamedFolder.sample)."""

@@ -34,6 +34,7 @@ class Dataset(Protocol):
 
     classes: list[str]  # label k is classes[k]
     labels: torch.Tensor  # int64 (N,)
+    streamed: bool  # read from disk as batches need them: its items are files, some of which may prove unreadable
 
     @property
     def image_shape(self) -> tuple[int, int, int]:
@@ -43,6 +44,13 @@ class Dataset(Protocol):
 
     def subset(self, index: torch.Tensor) -> "Dataset":
         """The images at `index`, in that order."""
+
+    def listing(self) -> tuple[torch.Tensor, int]:
+        """(each image's position in the list of files it was read from, the list's length, unreadable files
+        included): what split_validation draws the held-out images from."""
+
+    def for_evaluation(self) -> "Dataset":
+        """The dataset as an evaluation reads it: an unreadable file counted out (label -1), never stood in for."""
 
     def load_batches(self, batches: list, workers: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """(uint8 images, int64 labels) for each batch of items: index tensors, or the (index, side, u, v, mirror)
@@ -157,10 +165,10 @@ def load_train_val(data) -> tuple:
         raise UserError(f"{data.path} holds one class ({train.classes[0]}); a classifier needs two or more: point "
                         "data.path at the folder whose subfolders are the classes")
     if data.val_split:
-        return split_validation(train, data.val_split, data.split_seed)
-    if test is None:
+        train, test = split_validation(train, data.val_split, data.split_seed)
+    elif test is None:
         raise UserError(f"{data.path} has no val/ or test/ part; hold out training images with data.val_split=N")
-    return train, test
+    return train, test.for_evaluation()
 
 
 def load_eval_set(path: str, data):
@@ -168,6 +176,6 @@ def load_eval_set(path: str, data):
     the same data.val_split and data.split_seed validated on), else the test split, or a plain folder as a whole."""
     train, test = load_splits(path, data)
     if data.val_split:
-        return split_validation(train, data.val_split, data.split_seed)[1]
-    return test if test is not None else train
+        test = split_validation(train, data.val_split, data.split_seed)[1]
+    return (test if test is not None else train).for_evaluation()
 

@@ -15,6 +15,7 @@ from ..errors import UserError
 from ..models import ResNet, ResNetConfig
 from ..plots import plot_comparison
 from ..rundir import RunDir, load_checkpoint
+from ..terminal import shown
 from . import outputs
 from .report import evaluated_on, legs
 
@@ -208,8 +209,8 @@ def table6_markdown(table: list[dict], split: str) -> str:
               "| run | iterations | training time | started | machine |", "|---|---:|---:|---|---|"]
     for r in table:
         for leg in r["legs"]:
-            lines.append(f"| {leg['run']} | {leg['from_iteration']}-{leg['to_iteration']} | "
-                         f"{_hours(leg['training_s'])} | {leg['started'] or '—'} | {leg['machine']} |")
+            lines.append(f"| {shown(leg['run'])} | {leg['from_iteration']}-{leg['to_iteration']} | "
+                         f"{_hours(leg['training_s'])} | {leg['started'] or '—'} | {shown(leg['machine'])} |")
     return "\n".join(lines) + "\n"
 
 

@@ -3,6 +3,7 @@
 from ..errors import UserError
 from ..rundir import RunDir
 from ..schedule import scheduled_steps
+from ..terminal import shown
 
 
 def evaluated_on(data) -> str:
@@ -37,8 +38,8 @@ def markdown(rows: list[dict]) -> str:
         options = "".join(f" {k}={v}" for k, v in r["options"].items())
         paper = f"{r['paper_top1_error']:.2f}" if r["paper_top1_error"] else "—"
         diff = f"{r['difference']:+.2f}" if r["difference"] is not None else "—"
-        lines.append(f"| {r['run']} | {r['network']}{options} | {r['iterations']} of {r['scheduled_iterations']} | "
-                     f"{r['evaluated_on']} | {r['top1_error']:.2f} | {paper} | {diff} | "
+        lines.append(f"| {shown(r['run'])} | {r['network']}{options} | {r['iterations']} of "
+                     f"{r['scheduled_iterations']} | {r['evaluated_on']} | {r['top1_error']:.2f} | {paper} | {diff} | "
                      f"{r['wall_s'] / 60:.1f} min |")
     sources = sorted({r["paper_source"] for r in rows if r["paper_source"]})
     notes = [f"Paper figures: {s}." for s in sources]

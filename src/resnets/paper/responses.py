@@ -15,6 +15,7 @@ from ..data import BatchLoader, load_train_val, normalize
 from ..errors import UserError
 from ..rundir import RunDir, iteration_of
 from ..serving.weights import load_model
+from ..terminal import shown
 
 
 def three_by_three_bns(model) -> list[torch.nn.Module]:
@@ -70,6 +71,7 @@ def markdown(results: list[dict]) -> str:
     lines = ["| network | run | 3x3 layers | mean response std | median | largest |", "|---|---|---:|---:|---:|---:|"]
     for r in results:
         s = sorted(r["stds"])
-        lines.append(f"| {r['network']} | {r['run']} | {len(s)} | {sum(s) / len(s):.3f} | {s[len(s) // 2]:.3f} | "
+        lines.append(f"| {r['network']} | {shown(r['run'])} | {len(s)} | {sum(s) / len(s):.3f} | "
+                     f"{s[len(s) // 2]:.3f} | "
                      f"{s[-1]:.3f} |")
     return "\n".join(lines) + "\n"

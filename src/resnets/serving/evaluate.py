@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from .. import distributed, runtime
 from ..config import DataSection
 from ..data import BatchLoader, default_workers, load_eval_set, match_classes, normalize
+from ..data.decode import to_channels
 from ..data.imagenet import PAPER_SCALES
 from ..errors import UserError
 from ..preprocessing import Preprocessing
@@ -51,8 +52,9 @@ def evaluate_checkpoint(source: str | Path, data: str, protocols: Sequence[str] 
     views = folder and (pre.resize != pre.input_size or bool(cut))
     section = _data_section(pre, folder, views, val_split, split_seed)
     ds = load_eval_set(data, section)
-    if ds.image_shape != pre.shape:
-        raise UserError(f"{data} holds {ds.image_shape} images but the model takes {pre.shape}")
+    _, height, width = ds.image_shape
+    if (height, width) != pre.shape[1:]:  # channels are converted (to_channels), as predict converts them
+        raise UserError(f"{data} holds {width}x{height} images but the model takes {pre.input_size}x{pre.input_size}")
     ds = match_classes(ds, info["classes"])
     bf16 = runtime.use_bf16(precision, device)
     model = model.to(memory_format=torch.channels_last)
@@ -134,7 +136,7 @@ def _log_mean_softmax(logits: torch.Tensor, views: int) -> torch.Tensor:
 
 
 def _logits(model, images: torch.Tensor, mean, std, device, bf16: bool) -> torch.Tensor:
-    x = images.to(device, non_blocking=True)
+    x = to_channels(images.to(device, non_blocking=True), model.config.in_channels)  # grey <-> RGB, as predict does
     if mean.dim() == 3 and mean.shape[-1] > 1 and mean.shape[-2:] != x.shape[-2:]:
         # A per-pixel mean (of crop x crop images) for an input of another size (multi-scale testing): the
         # mean image resized to it. The paper does not say what it subtracted there; the mean image is nearly

@@ -13,6 +13,7 @@ A file is written to a temporary name (files.replacing), read back and compared 
 of 3 random images, and renamed into place only if the logits agree within `TOLERANCE`.
 """
 
+import io
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -24,7 +25,7 @@ from .. import files
 from ..errors import UserError
 from ..models import ResNet, weights_file
 from ..preprocessing import Preprocessing
-from .weights import load_model
+from .weights import RUN_ELSEWHERE, load_model
 
 TOLERANCE = 1e-4  # max abs difference on logits between an export and PyTorch fp32 (see export())
 # Formats once offered, or asked for, that are refused with the reason and what to use instead.
@@ -41,9 +42,13 @@ def export(source: str | Path, out: str | Path, format: str | None = None, toler
     leaves nothing at `out` if it is exceeded.
     """
     out = Path(out)
-    format = format or next((name for name, f in FORMATS.items() if out.suffix == f.extension), None)
+    named = next((name for name, f in FORMATS.items() if out.suffix == f.extension), None)  # by the extension
     if format in RETIRED:
         raise UserError(RETIRED[format])
+    if format and named and format != named:  # a file whose name says another format than it holds
+        raise UserError(f"--out {out} has the extension of {named} files but --format is {format}: give it the "
+                        f"{FORMATS[format].extension} extension, or drop --format")
+    format = format or named
     if format not in FORMATS:
         raise UserError(f"say --format {' or '.join(FORMATS)} (or give --out one of their extensions)")
     model, info = load_model(source)
@@ -113,9 +118,12 @@ def _run_onnx(path: str, x: torch.Tensor) -> torch.Tensor:
 
 def _save_pt2(model: ResNet, info: dict, path: str) -> None:
     program = torch.export.export(model, (_example(info),), dynamic_shapes=({0: torch.export.Dim("batch")},))
-    # Files, not names: torch.export warns about archive names not ending in .pt2, and the temp file's ends in .tmp.
-    with open(path, "wb") as f:
-        torch.export.save(program, f, extra_files={"resnets.json": json.dumps(_metadata(info, stats=True))})
+    # Into memory, then to the file: torch's zip writer, refused a write (a full disk), raises, and then raises
+    # again from its destructor, which C++ cannot take: the process aborted (exit 134) after the one-line error.
+    # (And a file object, not a name: torch.export warns about names not ending in .pt2, as the temp file's.)
+    archive = io.BytesIO()
+    torch.export.save(program, archive, extra_files={"resnets.json": json.dumps(_metadata(info, stats=True))})
+    Path(path).write_bytes(archive.getbuffer())
 
 
 def _run_pt2(path: str, x: torch.Tensor) -> torch.Tensor:
@@ -146,7 +154,7 @@ class Format:
 
 
 FORMATS = {
-    "onnx": Format(".onnx", _save_onnx, _run_onnx, "onnxruntime"),
-    "pt2": Format(".pt2", _save_pt2, _run_pt2, "torch.export.load"),
+    "onnx": Format(".onnx", _save_onnx, _run_onnx, RUN_ELSEWHERE[".onnx"]),
+    "pt2": Format(".pt2", _save_pt2, _run_pt2, RUN_ELSEWHERE[".pt2"]),
     "safetensors": Format(".safetensors", _save_safetensors, _run_safetensors, "resnets.load_model"),
 }

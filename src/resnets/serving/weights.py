@@ -13,6 +13,10 @@ from ..models import ResNet, ResNetConfig, pretrained, weights_file
 from ..preprocessing import Preprocessing
 from ..rundir import load_checkpoint
 
+# The exports `resnets export` writes but resnets does not load (serving.export.FORMATS takes its checkers from
+# here), by extension, with what runs them.
+RUN_ELSEWHERE = {".onnx": "onnxruntime", ".pt2": "torch.export.load"}
+
 
 def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[ResNet, dict]:
     """(network in eval mode, info) from a checkpoint, a run directory (its newest checkpoint), a safetensors
@@ -26,7 +30,7 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[Re
     elif path.suffix == ".safetensors" and path.is_file():
         raise UserError(f"{path} is not a safetensors file")
     else:
-        ckpt = load_checkpoint(path)
+        ckpt = _checkpoint(path)
         missing = [k for k in ("model_config", "model", "classes", "preprocessing") if k not in ckpt]
         if missing:
             raise UserError(f"{path} lacks {', '.join(missing)}: not a complete resnets checkpoint")
@@ -41,3 +45,18 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[Re
     info = {"classes": list(classes), "preprocessing": Preprocessing.from_dict(pre),
             "model_config": model.config.to_dict()}
     return model.to(device).eval(), info
+
+
+def _checkpoint(path: Path) -> dict:
+    """load_checkpoint's contents; where `path` is not a checkpoint, a one-line error that says what it is."""
+    try:
+        return load_checkpoint(path)
+    except UserError:
+        if path.suffix in RUN_ELSEWHERE and path.is_file():
+            raise UserError(f"{path} is a {path.suffix[1:]} export, which resnets does not read back: run it with "
+                            f"{RUN_ELSEWHERE[path.suffix]}, or give resnets the checkpoint, run directory or "
+                            ".safetensors export it came from") from None
+        if not path.exists() and path.name == str(path) and not path.suffix:  # a bare word: a network's name?
+            raise UserError(f"{path} does not exist; packaged weights are named NETWORK:DATASET "
+                            f"({', '.join(pretrained.PRETRAINED)}; docs/PRETRAINED.md)") from None
+        raise

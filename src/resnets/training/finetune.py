@@ -19,15 +19,17 @@ import torch
 
 from .. import distributed
 from ..config import Config
-from ..errors import UserError
+from ..errors import UserError, few
 from ..models import ResNet, ResNetConfig
 from ..models.torchvision_weights import PREPROCESSING, read_torchvision
 from ..models.weights_file import is_safetensors
 from ..preprocessing import Preprocessing
 from ..serving.weights import load_model
+from ..terminal import shown
 
 # ResNetConfig fields that decide what the network computes; the others are the classifier's size or act only in
 # training (dropout, drop_path, zero_init_last's initialisation), which fine-tuning may change.
+CHANNELS = {1: "1-channel (grey)", 3: "RGB"}  # how messages name a network's input
 ARCHITECTURE = ("block", "depths", "widths", "stem", "stem_width", "shortcut", "preact", "stride_in_1x1",
                 "in_channels", "groups", "width_per_group")
 
@@ -74,7 +76,7 @@ def start(cfg: Config, model: ResNet, train_set, init: Init | None = None) -> tu
     new = load_weights(init, model, train_set.classes, cfg.model.name)
     stats = None if cfg.data.stats == "data" else weights_stats(init, train_set.image_shape)
     if distributed.rank() == 0:
-        print(_loaded(init, model, new, train_set.classes))
+        print(shown(_loaded(init, model, new, train_set.classes)))  # names from files
         print("model.init: normalising with " + ("new statistics of this data (data.stats=data)" if stats is None
                                                  else f"the weights' own statistics ({_describe(init)})"))
     return stats
@@ -83,6 +85,11 @@ def start(cfg: Config, model: ResNet, train_set, init: Init | None = None) -> tu
 def load_weights(init: Init, model: ResNet, classes: list[str], name: str) -> list[str]:
     """init's tensors into `model`; returns the names of the model's tensors left as they were (the classifier's,
     when the data's classes are not the weights'). UserError naming the first tensor that does not fit."""
+    theirs, ours = init.preprocessing.in_channels, model.config.in_channels
+    if theirs != ours:  # no model option changes this: the network is built for the data's channels
+        raise UserError(f"model.init {init.source} was trained on {CHANNELS.get(theirs, theirs)} images and the "
+                        f"data holds {CHANNELS.get(ours, ours)} ones: a run trains on its data's channels (eval and "
+                        "predict convert images, training does not); start from weights trained on such images")
     own = model.state_dict()
     same_classes = (init.classes == list(classes) if init.classes is not None
                     else init.state.get("fc.weight", torch.empty(0)).shape[:1] == (len(classes),))
@@ -144,15 +151,11 @@ def _loaded(init: Init, model: ResNet, new: list[str], classes: list[str]) -> st
     if not new:
         return text + f"; classifier kept (the same {len(classes)} classes)"
     if init.classes is not None:
-        why = f"the data's classes {_few(classes)} are not the weights' {_few(init.classes)}"
+        why = f"the data's classes {few(classes)} are not the weights' {few(init.classes)}"
     else:
         had = init.state["fc.weight"].shape[0] if "fc.weight" in init.state else "none"
         why = f"{len(classes)} classes; the weights' classifier had {had}"
     return text + f"; new, freshly initialised: {', '.join(new)} ({why})"
-
-
-def _few(names: list[str]) -> str:
-    return ", ".join(names[:3]) + (f", ... ({len(names)})" if len(names) > 3 else "")
 
 
 def _describe(init: Init) -> str:

@@ -44,6 +44,7 @@ from ..preprocessing import Preprocessing
 from ..rundir import RunDir, TrainState
 from ..schedule import in_iterations, lr_factor
 from ..serving.evaluate import evaluate
+from ..terminal import shown
 from . import finetune
 from .optimizer import sgd
 
@@ -71,7 +72,15 @@ def _train(cfg: Config, run: RunDir, resume: bool) -> dict:
     s = set_up(cfg)
     state = TrainState(s.model, s.optimizer, average=s.average)
     if resume:
-        state.resume(run, cfg, s.world)
+        start = state.resume(run, cfg, s.world, s.train_set.classes)
+        if state.iteration >= s.schedule.iterations:  # nothing to train: no leg, no header
+            if s.main:
+                print(f"{shown(run)} is finished: iteration {state.iteration} of {s.schedule.iterations}; nothing to "
+                      "resume")
+            return state.history[-1] if state.history else {}
+        if s.main:
+            print(f"resuming {shown(run)} from iteration {state.iteration} ({start.name})" if start else
+                  f"{shown(run)} holds no checkpoint yet; starting from iteration 0")
     elif run.checkpoints():
         raise UserError(f"{run} already holds a run; resume it with --resume or choose another --out")
     if state.preprocessing is None:  # a fresh start: model.init's weights (if any), the statistics to use
@@ -187,9 +196,16 @@ def _preprocessing(cfg: Config, s: Setup, init) -> Preprocessing:
 
 def _announce(s: Setup, run: RunDir) -> None:
     cfg, world = s.cfg, s.world
-    print(f"training {cfg.model.name} on {len(s.train_set)} images ({len(s.train_set.classes)} classes), validating "
-          f"on {len(s.val_set)}; {s.schedule.iterations} iterations of {cfg.optim.batch_size * s.batch_scale}"
-          f"{f' ({world} processes x {s.loader.batch_size})' if world > 1 else ''}; run directory {run}\n{s.machine}")
+    # A streamed folder's files are counted before they are read: the unreadable ones among them are found later.
+    images, streamed = ("image files", "; streamed: files that cannot be read are skipped as they are met") \
+        if s.train_set.streamed else ("images", "")
+    # schedule.unit = "epoch" makes schedule.iterations count epochs: say so, beside the iterations they make.
+    epochs = f"{cfg.schedule.iterations} epochs (schedule.unit=epoch) = " if cfg.schedule.unit == "epoch" else ""
+    print(f"training {cfg.model.name} on {len(s.train_set)} {images} ({len(s.train_set.classes)} classes), "
+          f"validating on {len(s.val_set)}{streamed}; {epochs}{s.schedule.iterations} iterations of "
+          f"{cfg.optim.batch_size * s.batch_scale}"
+          f"{f' ({world} processes x {s.loader.batch_size})' if world > 1 else ''}"
+          f"; run directory {shown(run)}\n{s.machine}")
     if s.model.frozen_stages:
         print(finetune.frozen(s.model))
 
@@ -268,7 +284,7 @@ def evaluate_and_save(s: Setup, run: RunDir, state: TrainState, meter: "Meter", 
     history.append({
         "iteration": iteration, "epoch": round(iteration / len(s.loader), 3), "lr": lr_at(s, iteration - 1, history)[-1],
         "train_loss": meter.loss(), "train_error": meter.error(), "val_loss": val["loss"],
-        "val_top1_error": val["top1_error"], "val_top5_error": val["top5_error"],
+        "val_top1_error": val["top1_error"], "val_top5_error": val["top5_error"], "val_images": val["images"],
         "images_per_s": round(meter.rate(), 1),
         "wall_s": round((history[-1]["wall_s"] if history else 0) + meter.elapsed(), 2),
     })
