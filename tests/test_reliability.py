@@ -295,9 +295,9 @@ def test_a_class_count_that_does_not_match_the_checkpoint(tmp_path, capsys):
     (tmp_path / "more" / "c3").rename(root / "c3")
     capsys.readouterr()
     assert main(["train", "--resume", str(tmp_path / "run")]) == 2
-    assert capsys.readouterr() == ("", f"resnets train: error: data.path {root} holds 4 classes (c0, c1, c2, ... (4)) "
+    assert capsys.readouterr() == ("", (f"resnets train: error: data.path {root} holds 4 classes (c0, c1, c2, ... (4)) "
                                        "but the run was trained on 3 (c0, c1, c2): resume it with the data it was "
-                                       "trained on\n")
+                                       "trained on\n"))
     assert main(["eval", str(tmp_path / "run"), "--data", str(root)]) == 2
     assert "classes c3 are not among the model's 3 classes" in one_line_error(capsys)
     (root / "c3").rename(tmp_path / "c3")
@@ -531,8 +531,8 @@ def test_a_malicious_checkpoint_runs_nothing(tiny_reference, tmp_path, capsys):
     (run / "iter-0000011.pt").write_bytes(pickle.dumps(evil, protocol=2))  # a bare pickle
     (tmp_path / "garbage.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json at all}")
     capsys.readouterr()
-    for path, reason in [("run/iter-0000012.pt", "was refused: it holds Python objects other than tensors (io.open), "
-                                                 "and loading them could run code, which resnets never does"),
+    for path, reason in [("run/iter-0000012.pt", ("was refused: it holds Python objects other than tensors (io.open), "
+                                                 "and loading them could run code, which resnets never does")),
                          ("run/iter-0000011.pt", "File is not a zip file"),
                          ("garbage.safetensors", "is a damaged")]:
         assert main(["eval", str(tmp_path / path), "--data", "digits"]) == 2
@@ -647,10 +647,11 @@ def test_a_pt2_export_onto_a_full_disk_is_one_line_not_an_abort(tiny_run, tmp_pa
     terminate, exit 134, after the right line. In a fresh interpreter (a forked child ends without running it)."""
     out = tmp_path / "b.pt2"
     done = subprocess.run([sys.executable, "-c", ON_A_FULL_DISK, "export", str(tiny_run), "--out", str(out)],
-                          capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=300)
-    assert (done.returncode, done.stderr) == (1, f"resnets export: error: cannot write {out} (No space left on "
+                          capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=300,
+                          check=False)
+    assert (done.returncode, done.stderr) == (1, (f"resnets export: error: cannot write {out} (No space left on "
                                                  "device); the files written before are intact: free some space, "
-                                                 "then run the command again\n")
+                                                 "then run the command again\n"))
     assert list(tmp_path.iterdir()) == []
 
 
@@ -662,18 +663,18 @@ def test_an_output_that_refuses_writes_is_one_line_and_a_reader_gone_is_quiet(ti
     if reader == "gone":  # a pipe whose reader has closed it: `| head -n 0`
         read, write = os.pipe()
         os.close(read)
-        stdout = open(write, "w")
+        stdout = open(write, "w")  # noqa: SIM115 (closed by the with below)
     else:
-        stdout = open(reader, "w")
+        stdout = open(reader, "w")  # noqa: SIM115
     monkeypatch.setattr(sys, "stdout", stdout)
     with stdout:
         status = main(["predict", str(tiny_run), str(digits_png), *(["--json"] if reader == "/dev/full" else [])])
     if reader == "gone":
         assert (status, capsys.readouterr().err) == (128 + signal.SIGPIPE, "")
     else:
-        assert (status, one_line_error(capsys)) == (1, "resnets predict: error: cannot write the standard output (No "
+        assert (status, one_line_error(capsys)) == (1, ("resnets predict: error: cannot write the standard output (No "
                                                        "space left on device); what was written is cut short: free "
-                                                       "some space, then run the command again\n")
+                                                       "some space, then run the command again\n"))
 
 
 @pytest.fixture
@@ -688,31 +689,31 @@ def _misleading(run: Path, tmp: Path) -> list[tuple[list[str], str]]:
     (tmp / "a_file").write_text("")
     ckpt = run / "iter-0000012.pt"
     return [
-        (["train", "--resume", str(ckpt)], f"{ckpt} is a checkpoint, not a run directory: resume its run with "
-                                           f"--resume {run}, which goes on from the newest usable checkpoint"),
-        (["train", "--resume", str(run), "--out", str(tmp / "other")], "--resume continues a run in its own "
-                                                                       "directory; drop --out"),
-        (["train", "--out", str(tmp / "a_file"), *tiny_args()], f"cannot create the run directory {tmp / 'a_file'}: "
-                                                                "a file is in the way; choose another --out"),
-        (["eval", str(tmp / "exported.pt2"), "--data", "digits"], f"{tmp / 'exported.pt2'} is a pt2 export, which "
+        (["train", "--resume", str(ckpt)], (f"{ckpt} is a checkpoint, not a run directory: resume its run with "
+                                           f"--resume {run}, which goes on from the newest usable checkpoint")),
+        (["train", "--resume", str(run), "--out", str(tmp / "other")], ("--resume continues a run in its own "
+                                                                       "directory; drop --out")),
+        (["train", "--out", str(tmp / "a_file"), *tiny_args()], (f"cannot create the run directory {tmp / 'a_file'}: "
+                                                                "a file is in the way; choose another --out")),
+        (["eval", str(tmp / "exported.pt2"), "--data", "digits"], (f"{tmp / 'exported.pt2'} is a pt2 export, which "
                                                                   "resnets does not read back: run it with "
-                                                                  "torch.export.load"),
-        (["eval", str(run), "--data", "digits", "--split-seed", "3"], "--split-seed says which images --val-split N "
-                                                                      "holds out; give --val-split too"),
-        (["predict", "--model", "resnet20", "x.png"], "resnet20 does not exist; packaged weights are named "
-                                                      "NETWORK:DATASET (resnet20:cifar10, "),
-        (["predict", "--model", "resnet20:cifar10"], "name the images (files or folders) to classify after "
-                                                     "resnet20:cifar10"),
-        (["predict"], "name the network (a checkpoint, run directory, .safetensors export, or --model "
-                      "NETWORK:DATASET), then the images to classify"),
+                                                                  "torch.export.load")),
+        (["eval", str(run), "--data", "digits", "--split-seed", "3"], ("--split-seed says which images --val-split N "
+                                                                      "holds out; give --val-split too")),
+        (["predict", "--model", "resnet20", "x.png"], ("resnet20 does not exist; packaged weights are named "
+                                                      "NETWORK:DATASET (resnet20:cifar10, ")),
+        (["predict", "--model", "resnet20:cifar10"], ("name the images (files or folders) to classify after "
+                                                     "resnet20:cifar10")),
+        (["predict"], ("name the network (a checkpoint, run directory, .safetensors export, or --model "
+                      "NETWORK:DATASET), then the images to classify")),
         (["export", str(run), "--out", str(tmp / "r.onnx"), "--format", "safetensors"],
-         f"--out {tmp / 'r.onnx'} has the extension of onnx files but --format is safetensors: give it the "
-         ".safetensors extension, or drop --format"),
-        (["embed", str(run), "x.png", "--out", str(tmp / "feat.txt")], f"--out {tmp / 'feat.txt'}: embed writes a "
-                                                                        "NumPy .npy file; give it a .npy name"),
+         (f"--out {tmp / 'r.onnx'} has the extension of onnx files but --format is safetensors: give it the "
+         ".safetensors extension, or drop --format")),
+        (["embed", str(run), "x.png", "--out", str(tmp / "feat.txt")], (f"--out {tmp / 'feat.txt'}: embed writes a "
+                                                                        "NumPy .npy file; give it a .npy name")),
         *([] if torch.cuda.is_available() else [
-            (["predict", str(run), "x.png", "--device", "cuda"], "--device cuda but no CUDA device is available; use "
-                                                                 "--device cpu")]),
+            (["predict", str(run), "x.png", "--device", "cuda"], ("--device cuda but no CUDA device is available; use "
+                                                                 "--device cpu"))]),
     ]
 
 
