@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 
 from . import __version__
+from .arguments import SOURCE, Parser, add_images, at_least, integers, parse, protocols
 from .errors import UserError, first_line
 from .terminal import ReaderGone, checked_stdout, plain, shown
 
@@ -20,21 +21,15 @@ DEFAULT_RECIPE = "digits/resnet20"  # the embedded default: trains anywhere, no 
 
 def cmd_summary(args) -> None:
     from .models import list_models
-    from .models.summary import markdown_table, summarize_preset
+    from .models.summary import describe, markdown_table, summarize_preset
 
     names = args.names or list_models()
     summaries = [summarize_preset(name, args.input_size) for name in names]
     if args.json:
         out = [s.to_dict() for s in summaries]
         print(json.dumps(out[0] if len(out) == 1 else out))
-    elif len(summaries) == 1:
-        s = summaries[0]
-        size = f"{s.input_size}x{s.input_size}"
-        print(f"{s.name}: {s.params:,} parameters, {s.macs / 1e9:.3f} x10^9 multiply-adds at {size}")
-        for stage, shape in s.shapes:
-            print(f"  {stage:<8} {' x '.join(map(str, shape))}")
     else:
-        print(markdown_table(summaries))
+        print(describe(summaries[0]) if len(summaries) == 1 else markdown_table(summaries))
 
 
 def cmd_train(args) -> int | None:
@@ -230,43 +225,24 @@ def cmd_export(args) -> None:
           f" (limit {result['limit']:.1e})")
 
 
-class _Parser(argparse.ArgumentParser):
-    """The parser of `resnets` and, through add_subparsers (which makes more of its own class), of every job: each
-    takes --debug, so it goes before or after the job's name. One that does not see it leaves the attribute alone
-    (SUPPRESS) for another to set."""
-
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
-                          help="show the full traceback of an error")
-
-
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="resnets", description=__doc__)
+    parser = Parser(prog="resnets", description=__doc__)
     parser.add_argument("--version", action="version", version=f"resnets {__version__} (torch {torch.__version__})")
     jobs = parser.add_subparsers(dest="job", required=True, metavar="JOB")
-    _add_summary(jobs)
-    _add_train(jobs)
-    _add_experiment(jobs)
-    _add_report(jobs)
-    _add_eval(jobs)
-    _add_predict(jobs)
-    _add_embed(jobs)
-    _add_export(jobs)
+    for add in (_add_summary, _add_train, _add_experiment, _add_report, _add_eval, _add_predict, _add_embed, _add_export):
+        add(jobs)  # each job's arguments, its help and its cmd_<job>
     return parser
 
 
 def _add_summary(jobs) -> None:
-    """`resnets summary`."""
     p = jobs.add_parser("summary", help="parameters, multiply-adds and stage shapes of presets")
     p.add_argument("names", nargs="*", metavar="NAME", help="preset names (default: all)")
-    p.add_argument("--input-size", type=_at_least(1), default=None, help="input side in pixels (default 224 / 32)")
+    p.add_argument("--input-size", type=at_least(1), default=None, help="input side in pixels (default 224 / 32)")
     p.add_argument("--json", action="store_true", help="print JSON (one object for one name)")
     p.set_defaults(func=cmd_summary)
 
 
 def _add_train(jobs) -> None:
-    """`resnets train`."""
     p = jobs.add_parser("train", help="train a network with a recipe (default: ResNet-20 on the embedded digits)")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="override recipe keys, e.g. optim.lr=0.05")
     p.add_argument("--recipe", help=f"packaged recipe name or a .toml path (default {DEFAULT_RECIPE})")
@@ -292,16 +268,16 @@ def _add_experiment(jobs) -> None:
         if name != "table6":
             e.add_argument("--family", default="cifar10", choices=("cifar10", "imagenet"), help="recipe family")
         e.add_argument("--schedule", default="paper", help="paper (the recipe's own) or cpu (2,000 iterations)")
-        e.add_argument("--seeds", default="0", type=_integers(0), help="comma-separated seeds; > 1 gives mean ± std")
+        e.add_argument("--seeds", default="0", type=integers(0), help="comma-separated seeds; > 1 gives mean ± std")
         e.add_argument("--val-split", type=int, help="held-out training images (default 5000 for cifar10)")
         e.add_argument("--test", action="store_true",
                        help="the paper's protocol: train on every training image, score the data's test split "
                             "(--data a CIFAR archive or a folder with train/ and test/)")
         e.add_argument("--out", help=f"experiment directory (default runs/{name})")
         if name == "degradation":
-            e.add_argument("--depths", type=_integers(1), help="comma-separated depths (default 20,32,44,56; imagenet 18,34)")
+            e.add_argument("--depths", type=integers(1), help="comma-separated depths (default 20,32,44,56; imagenet 18,34)")
         elif name == "table6":
-            e.add_argument("--depths", type=_integers(1), help="comma-separated depths (default 20,32,44,56,110; "
+            e.add_argument("--depths", type=integers(1), help="comma-separated depths (default 20,32,44,56,110; "
                                                                "1202 on request)")
         else:
             e.add_argument("--network", default="resnet32", help="the network (default resnet32)")
@@ -316,7 +292,6 @@ def _add_experiment(jobs) -> None:
 
 
 def _add_report(jobs) -> None:
-    """`resnets report`."""
     p = jobs.add_parser("report", help="measured errors of runs beside the paper's (markdown)")
     p.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run directories, or folders of runs")
     p.add_argument("--out", help="write the markdown here instead of printing it")
@@ -324,77 +299,61 @@ def _add_report(jobs) -> None:
 
 
 def _add_eval(jobs) -> None:
-    """`resnets eval`."""
     from .config import CHOICES
 
     p = jobs.add_parser("eval", help="top-1 / top-5 error of a checkpoint on a dataset")
-    p.add_argument("checkpoint", help="a checkpoint, a run directory (its newest checkpoint), a .safetensors export "
-                                      "or packaged weights (resnet20:cifar10)")
+    p.add_argument("checkpoint", help=SOURCE)
     p.add_argument("--data", required=True, help="'digits', a CIFAR archive/folder (test split) or an image folder")
-    p.add_argument("--val-split", type=_at_least(1), default=0, metavar="N",
+    p.add_argument("--val-split", type=at_least(1), default=0, metavar="N",
                    help="measure the N training images that a run with data.val_split=N held out (the same ones)")
-    p.add_argument("--split-seed", type=_at_least(0), help="with --val-split: data.split_seed of the run (default 0)")
-    p.add_argument("--device", default="auto")
+    p.add_argument("--split-seed", type=at_least(0), help="with --val-split: data.split_seed of the run (default 0)")
+    p.add_argument("--device", default="auto", help="auto (a GPU if there is one), cpu, cuda or cuda:N")
     p.add_argument("--precision", default="fp32", choices=CHOICES["run.precision"])
-    p.add_argument("--protocol", default="center", type=_protocols,
+    p.add_argument("--protocol", default="center", type=protocols,
                    help="the paper's test protocols, one or several comma-separated: center (resize, centre crop; the "
                         "default), flip (the centre crop and its mirror image, scores averaged; not the paper's), "
                         "10crop (4 corners + centre and their mirror images, scores averaged), multiscale (the whole "
                         "image at each of --scales, scores averaged)")
-    p.add_argument("--scales", type=_integers(1),
+    p.add_argument("--scales", type=integers(1),
                    help="multiscale: shorter sides in pixels (default: the paper's 224,256,384,480,640)")
     p.add_argument("--json", action="store_true", help="print one JSON object per protocol")
     p.set_defaults(func=cmd_eval)
 
 
 def _add_predict(jobs) -> None:
-    """`resnets predict`."""
     from .serving.inference import uncalibrated_modes  # the choices come from the table of modes
 
     p = jobs.add_parser("predict", help="classify image files with a checkpoint or safetensors export")
-    p.add_argument("checkpoint", nargs="?", help="a checkpoint, a run directory (its newest checkpoint), a "
-                                                   ".safetensors export or packaged weights (resnet20:cifar10); with "
-                                                   "--model, the first image")
-    p.add_argument("inputs", nargs="*", metavar="IMAGE_OR_FOLDER", help="image files, or folders searched recursively")
+    p.add_argument("checkpoint", nargs="?", help=f"{SOURCE}; with --model, the first image")
+    add_images(p, nargs="*")
     p.add_argument("--model", metavar="NETWORK:DATASET",
                    help="the packaged weights to use, e.g. resnet20:cifar10 (docs/PRETRAINED.md); every positional "
                         "argument is then an image or folder")
     p.add_argument("--top-k", type=int, default=5, help="classes shown per image (default 5)")
     p.add_argument("--json", action="store_true", help="one JSON object per image and line (JSON Lines)")
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--max-pixels", type=_at_least(1), metavar="N",
-                   help="refuse images of more pixels as possible decompression bombs (default 50 million)")
     p.add_argument("--mode", default="auto", choices=("auto", *uncalibrated_modes()),
                    help="how the network runs (docs/INFERENCE.md): auto (the default) is bf16 where the hardware does "
                         "bf16, else BN-folded fp32; compiled (bf16 compiled) is the fastest for many images but "
                         "compiles first, tens of seconds")
-    p.add_argument("--device", default="auto")
     p.set_defaults(func=cmd_predict)
 
 
 def _add_embed(jobs) -> None:
-    """`resnets embed`."""
     p = jobs.add_parser("embed", help="pooled features of image files (the classifier's input), for other tools")
-    p.add_argument("checkpoint", help="a checkpoint, a run directory (its newest checkpoint) or a .safetensors export")
-    p.add_argument("inputs", nargs="+", metavar="IMAGE_OR_FOLDER", help="image files, or folders searched recursively")
+    p.add_argument("checkpoint", help=SOURCE)
+    add_images(p, nargs="+")
     to = p.add_mutually_exclusive_group(required=True)
     to.add_argument("--out", metavar="FILE.npy", help="write a (files, features) float32 .npy: row i is the i-th file "
                                                      "(folders in sorted order), NaN if it could not be read")
     to.add_argument("--json", action="store_true", help="one JSON object per image and line: path, features")
-    p.add_argument("--batch-size", type=_at_least(1), default=64)
-    p.add_argument("--max-pixels", type=_at_least(1), metavar="N",
-                   help="refuse images of more pixels as possible decompression bombs (default 50 million)")
-    p.add_argument("--device", default="auto")
     p.set_defaults(func=cmd_embed)
 
 
 def _add_export(jobs) -> None:
-    """`resnets export`."""
     from .serving.export import FORMATS, RETIRED  # the choices come from the table of formats
 
     p = jobs.add_parser("export", help="write a checkpoint as ONNX, a torch.export program or safetensors")
-    p.add_argument("checkpoint", help="a checkpoint, a run directory (its newest checkpoint), a .safetensors export "
-                                      "or packaged weights (resnet20:cifar10)")
+    p.add_argument("checkpoint", help=SOURCE)
     p.add_argument("--format", choices=(*FORMATS, *RETIRED),
                    help=f"default: from --out's extension ({', '.join(f.extension for f in FORMATS.values())}); "
                         f"{', '.join(RETIRED)}: refused, with what to use instead")
@@ -402,61 +361,10 @@ def _add_export(jobs) -> None:
     p.set_defaults(func=cmd_export)
 
 
-def _protocols(text: str) -> str:
-    from .serving.evaluate import TEST_PROTOCOLS
-
-    unknown = [p for p in text.split(",") if p not in TEST_PROTOCOLS]
-    if unknown:
-        raise argparse.ArgumentTypeError(f"{', '.join(unknown)}: choose from {', '.join(TEST_PROTOCOLS)}")
-    return text
-
-
-def _at_least(minimum: int):
-    """An argparse type: an integer, at least `minimum`."""
-
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"expected an integer of at least {minimum}, got {text!r}")
-        return value
-
-    return parse
-
-
-def _integers(minimum: int):
-    """An argparse type: comma-separated integers, none below `minimum`."""
-
-    def parse(text: str) -> list[int]:
-        try:
-            values = [int(v) for v in text.split(",")]
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
-        if min(values) < minimum:
-            raise argparse.ArgumentTypeError(f"expected integers of at least {minimum}, got {text!r}")
-        return values
-
-    return parse
-
-
-def _parse(argv: list[str] | None):
-    """The command line, with KEY=VALUE overrides anywhere on it (`train --out runs/x lr=0.05`): argparse takes one
-    stretch of positional arguments only, and its parse_intermixed_args does not take subcommands."""
-    parser = build_parser()
-    args, extra = parser.parse_known_args(argv)
-    if extra and hasattr(args, "overrides") and all("=" in a and not a.startswith("-") for a in extra):
-        args.overrides += extra
-    elif extra:
-        parser.error(f"unrecognized arguments: {' '.join(extra)}")
-    return args
-
-
 def main(argv: list[str] | None = None) -> int:
     from . import distributed
 
-    args = _parse(argv)
+    args = parse(build_parser(), argv)
     debug = getattr(args, "debug", False)
     try:
         with plain(), checked_stdout():

@@ -69,6 +69,12 @@ def summarize_preset(name: str, input_size: int | None = None, **overrides) -> S
     return summarize(model, name, input_size)
 
 
+def describe(s: Summary) -> str:
+    """One preset's counts, then each stage's output shape, a line each."""
+    lines = [f"{s.name}: {s.params:,} parameters, {s.macs / 1e9:.3f} x10^9 multiply-adds at {s.input_size}x{s.input_size}"]
+    return "\n".join(lines + [f"  {stage:<8} {' x '.join(map(str, shape))}" for stage, shape in s.shapes])
+
+
 def markdown_table(summaries: list[Summary]) -> str:
     lines = ["| model | input | params (M) | multiply-adds (10^9) | output of last stage |",
              "|---|---|---:|---:|---|"]
