@@ -4,11 +4,15 @@ previous file as it was. Simulated (the temp file a link to /dev/full) and on a 
 mounted when the tests run as root)."""
 
 import errno
+import faulthandler
 import fcntl
 import fnmatch
+import gc
+import multiprocessing
 import os
 import stat
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -22,6 +26,7 @@ from resnets.data import load_folder
 from resnets.errors import UserError
 from resnets.plots import plot_curves
 from resnets.rundir import RunDir, load_checkpoint, save_checkpoint
+from resnets.serving.export import FORMATS
 
 from .fakedata import make_image_folder
 from .test_reliability import assert_same_weights, tiny_args, tiny_reference  # noqa: F401 (a fixture)
@@ -84,6 +89,21 @@ def test_every_writers_refused_write_is_one_write_failure_and_the_old_file_stays
         assert any(isinstance(e, RuntimeError) and "unexpected pos" in str(e) for e in chain)
     assert target.read_bytes() == b"the previous file"
     assert [p.name for p in tmp_path.iterdir()] == [target.name]  # the temp file is gone
+
+
+@pytest.mark.parametrize("writer", WRITERS)
+def test_a_write_is_fsynced_before_its_rename_and_its_folder_after(writer, tmp_path, monkeypatch):
+    """RELIABILITY.md's "fsynced": the bytes are on the disk before the file takes its name, and the name (the
+    folder's entry) after; without the second, a power cut may bring back the old file or none."""
+    target, synced, fsync = tmp_path / "target.png", [], os.fsync
+
+    def spy(fd: int) -> None:
+        synced.append((os.fstat(fd).st_ino, target.exists()))
+        fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", spy)
+    WRITERS[writer](target)
+    assert synced == [(target.stat().st_ino, False), (tmp_path.stat().st_ino, True)]
 
 
 def test_safetensors_quotes_the_os_error(tmp_path):
@@ -239,3 +259,34 @@ def test_a_full_and_a_read_only_disk_are_one_line_exit_1_and_lose_nothing(small_
     assert main(["train", "--resume", str(run)]) == 0
     assert_same_weights(load_checkpoint(run), tiny_reference)
     assert export.read_bytes() == b"an older export"
+
+
+@pytest.fixture(scope="module")
+def small_run(tmp_path_factory):
+    run = tmp_path_factory.mktemp("small") / "run"
+    assert main(["train", "--out", str(run), *tiny_args(**{"schedule.iterations": 4})]) == 0
+    return run
+
+
+def _export(run: Path, out: Path) -> None:
+    faulthandler.disable()  # pytest's, inherited: a crash is this test's failure, not a dump on the terminal
+    status = main(["export", str(run), "--out", str(out)])
+    gc.collect()  # what the end of the process would free (multiprocessing ends its children without it)
+    sys.exit(status)
+
+
+@pytest.mark.parametrize("format", list(FORMATS))
+def test_every_export_format_on_a_full_disk_is_one_line_exit_1(format, small_run, small_disk, capfd):
+    """In a forked process, so that a writer that crashes instead of raising fails this test, not the suite."""
+    out = small_disk / f"model.{format}"
+    out.write_bytes(b"an older export")
+    leave(small_disk, 0)
+    capfd.readouterr()
+    child = multiprocessing.get_context("fork").Process(target=_export, args=(small_run, out))
+    child.start()
+    child.join()
+    err = capfd.readouterr().err
+    assert child.exitcode == 1, err[-2000:]
+    assert err.count("\n") == 1 and f"cannot write {out} (No space left on device)" in err
+    assert out.read_bytes() == b"an older export"
+    assert not [p.name for p in small_disk.rglob(files.TEMP_GLOB)]

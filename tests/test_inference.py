@@ -1,4 +1,5 @@
-"""Every inference mode against fp32 eager: BN folding exactly, bf16 / compiled / int8 within stated tolerances.
+"""Every inference mode against fp32 eager: BN folding exactly, bf16 / compiled / int8 within stated tolerances,
+each fast mode first shown to be running as it says (bf16 channels_last weights, a compiled module and its graphs).
 
 The fp32 reference is a ResNet-20 trained briefly on the embedded digits (seconds), evaluated on the 360 test
 digits. Compilation is slow on a small CPU, so each compiled mode compiles once, for one input shape.
@@ -8,11 +9,12 @@ import pytest
 import torch
 from torch import nn
 
-from resnets import UserError, create_model, load_model
+from resnets import UserError, create_model, load_model, runtime
 from resnets.data import load_digits
 from resnets.serving.inference import MODES, fold_batchnorm, prepare, quantize_int8
 from resnets.training.loop import train
 
+from .fastpaths import compiled_graphs, conv_weights, is_compiled, watch_convs
 from .test_train import tiny
 
 
@@ -90,21 +92,31 @@ def test_folded_matches_fp32_on_trained_digits(digits, reference):
     assert agreement(folded, reference) == 1.0
 
 
+@pytest.mark.skipif(not runtime.native_bf16_cpu(), reason="this CPU has no native bf16 (AVX512-BF16 or AMX)")
 def test_bf16_matches_fp32_on_trained_digits(digits, reference):
     model, x, _, _ = digits
-    bf16 = prepare(model, "bf16")(x)
+    served = prepare(model, "bf16")
+    assert conv_weights(served.module) == {(torch.bfloat16, True)}  # cast once, channels_last
+    convs = watch_convs(served.module)
+    bf16 = served(x)
+    assert convs == {(False, torch.bfloat16, True)}
     # bf16 keeps 8 bits of mantissa: logits within 5% of their largest magnitude, top-1 the same on >= 99%.
-    assert (bf16 - reference).abs().max() <= 0.05 * reference.abs().max()
+    assert (bf16 - reference).abs().max() <= 0.05 * reference.abs().max() and not torch.equal(bf16, reference)
     assert agreement(bf16, reference) >= 0.99
 
 
+@pytest.mark.skipif(not runtime.native_bf16_cpu(), reason="this CPU has no native bf16 (AVX512-BF16 or AMX)")
 def test_compiled_matches_fp32_on_trained_digits(digits, reference):
     model, x, _, _ = digits
+    torch._dynamo.reset()  # afresh, as in a new process: after another batch size it compiles for any, less exactly
     compiled = prepare(model, "compiled")
-    out = compiled(x)  # compiles for this shape (the whole test set, 360 images)
-    assert (out - reference).abs().max() <= 0.05 * reference.abs().max()
+    assert is_compiled(compiled.module) and conv_weights(compiled.module) == {(torch.bfloat16, True)}
+    out, graphs = compiled_graphs(lambda: compiled(x))  # compiles for this shape (the whole test set, 360 images)
+    assert graphs >= 1
+    assert (out - reference).abs().max() <= 0.05 * reference.abs().max() and not torch.equal(out, reference)
     assert agreement(out, reference) >= 0.99
-    torch.testing.assert_close(compiled(x), out)  # the compiled graph is reused, and deterministic
+    again, graphs = compiled_graphs(lambda: compiled(x))
+    assert graphs == 0 and torch.equal(again, out)  # the compiled graph is reused, and deterministic
 
 
 def test_int8_matches_fp32_on_trained_digits(digits, reference):

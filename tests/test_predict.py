@@ -8,6 +8,7 @@ import pytest
 import torch
 from PIL import Image
 
+import resnets.serving.predict
 from resnets import create_model, load_model, runtime
 from resnets.cli import main
 from resnets.data import load_digits, load_folder
@@ -16,12 +17,13 @@ from resnets.data.folders import resize_center_crop, scan_folder
 from resnets.preprocessing import Preprocessing
 from resnets.rundir import FORMAT, load_checkpoint
 from resnets.serving.evaluate import evaluate
-from resnets.serving.inference import auto_mode
+from resnets.serving.inference import auto_mode, prepare
 from resnets.serving.predict import predict
 from resnets.training.loop import train
 
 from .conftest import torch_threads
 from .fakedata import make_image_folder
+from .fastpaths import compiled_graphs, conv_weights, is_compiled
 from .test_train import tiny
 
 
@@ -87,10 +89,19 @@ def test_predictions_are_the_evaluation_paths(run, digits, capsys):
     assert out.count(",") == 1
 
 
-def test_fast_modes_give_the_fp32_probabilities(run, digits, capsys):
+@pytest.mark.skipif(not runtime.native_bf16_cpu(), reason="this CPU has no native bf16 (AVX512-BF16 or AMX)")
+def test_fast_modes_give_the_fp32_probabilities(run, digits, capsys, monkeypatch):
     """--mode folded / bf16 / compiled against the default fp32, on 40 files in batches of 16 (the last one, of 8,
-    padded for the compiled mode): probabilities within 1e-5 when BN is folded, 0.02 in bf16 (8-bit mantissa)."""
+    padded for the compiled mode): probabilities within 1e-5 when BN is folded, 0.02 in bf16 (8-bit mantissa), and
+    each mode served as it says (bf16 channels_last weights; a compiled module, which compiles graphs)."""
     paths, _ = digits
+    served = {}
+
+    def prepare_spied(model, mode, *args, **kwargs):
+        served[mode] = prepare(model, mode, *args, **kwargs)
+        return served[mode]
+
+    monkeypatch.setattr(resnets.serving.predict, "prepare", prepare_spied)
 
     def probabilities(mode):
         capsys.readouterr()
@@ -103,8 +114,16 @@ def test_fast_modes_give_the_fp32_probabilities(run, digits, capsys):
 
     fp32 = probabilities("fp32")
     torch.testing.assert_close(probabilities("folded"), fp32, rtol=0, atol=1e-5)
-    for mode in ("bf16", "compiled"):
-        torch.testing.assert_close(probabilities(mode), fp32, rtol=0, atol=0.02)
+    bf16, graphs = compiled_graphs(lambda: probabilities("bf16"))
+    assert conv_weights(served["bf16"].module) == {(torch.bfloat16, True)} and graphs == 0
+    # Compiled afresh, as in a new `resnets predict`: once a process has compiled the network for one batch size,
+    # torch.compile (automatic dynamic shapes) compiles it for any batch size, less exactly (0.03 off fp32 here).
+    torch._dynamo.reset()
+    compiled, graphs = compiled_graphs(lambda: probabilities("compiled"))
+    assert is_compiled(served["compiled"].module) and graphs >= 1
+    for fast in (bf16, compiled):
+        torch.testing.assert_close(fast, fp32, rtol=0, atol=0.02)
+        assert not torch.equal(fast, fp32)
     # The default, auto, is the mode this machine does natively, exactly.
     assert torch.equal(probabilities("auto"), probabilities(auto_mode(torch.device("cpu"))))
     with pytest.raises(SystemExit):  # int8 needs calibration images, which predict does not take

@@ -2,6 +2,7 @@
 adding a kind is one entry there (shown here for a block type and a schedule with monkeypatched entries)."""
 
 import argparse
+import copy
 import typing
 
 import pytest
@@ -16,7 +17,7 @@ from resnets.models.blocks import BLOCK_TYPES, SHORTCUT_TYPES, STEMS, BlockType,
 from resnets.paper.responses import three_by_three_bns
 from resnets.schedule import SCHEDULES, lr_factor
 from resnets.serving.export import FORMATS, RETIRED, export
-from resnets.serving.inference import MODES, Mode, fold_batchnorm, prepare
+from resnets.serving.inference import MODES, InferenceMode, Mode, fold_batchnorm, prepare
 from resnets.serving.predict import predict
 
 from .fakedata import make_cifar_archive, make_image_folder, make_imagenet_folder, write_targz
@@ -87,7 +88,11 @@ def test_export_formats_are_the_format_table(tmp_path):
 
 # --------------------------------------------------------------------------------------- serving/inference.py
 
-def test_inference_modes_are_the_mode_table(tmp_path):
+def _float64(model, calibration, keep_float):
+    return copy.deepcopy(model).double().eval()
+
+
+def test_inference_modes_are_the_mode_table(tmp_path, monkeypatch):
     assert typing.get_args(Mode) == tuple(MODES)
     needs_nothing = tuple(name for name, mode in MODES.items() if not mode.calibrated)
     assert cli_choices("predict", "--mode") == ("auto", *needs_nothing) and "int8" not in needs_nothing
@@ -97,6 +102,12 @@ def test_inference_modes_are_the_mode_table(tmp_path):
         assert prepare(model, name).mode == name
     with pytest.raises(UserError, match="int8 needs calibration images"):
         next(predict(model, {"preprocessing": {}, "classes": []}, [tmp_path / "x.png"], mode="int8"))
+    # What a mode serves is its entry's module: a new mode (float64 here) is one entry.
+    monkeypatch.setitem(MODES, "float64", InferenceMode(_float64))
+    served, x = prepare(model, "float64"), torch.randn(2, 3, 32, 32, dtype=torch.float64)
+    assert {p.dtype for p in served.module.parameters()} == {torch.float64}
+    with torch.no_grad():
+        torch.testing.assert_close(served(x), model.eval()(x.float()), rtol=1e-4, atol=1e-4)
 
 
 # -------------------------------------------------------------------------------------------- data/sources.py

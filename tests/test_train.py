@@ -4,6 +4,7 @@ import math
 import os
 import subprocess
 import sys
+from dataclasses import dataclass, field
 
 import pytest
 import tomli_w
@@ -15,14 +16,16 @@ import resnets.training.loop
 from resnets import runtime
 from resnets.cli import main
 from resnets.config import ScheduleSection, load_config
-from resnets.data import cutout, load_digits, normalization_stats
+from resnets.data import ArrayDataset, cutout, load_digits, normalization_stats
 from resnets.errors import UserError
 from resnets.rundir import RunDir, TrainState, load_checkpoint
 from resnets.schedule import lr_factor
+from resnets.serving.evaluate import evaluate
 from resnets.serving.weights import load_model
 from resnets.training.loop import train
 
 from .fakedata import make_cifar_archive, make_image_folder
+from .fastpaths import compiled_graphs, conv_weights, is_compiled, watch_convs
 
 
 def tiny(**overrides):
@@ -193,60 +196,100 @@ def test_resume_refuses_a_different_config(tmp_path):
         train(tiny(**{"optim.lr": 0.2}), tmp_path / "run", resume=True)
 
 
-def test_bf16_and_channels_last_train_like_fp32(tmp_path):
-    """The fast path (bf16 autocast + channels_last) against plain fp32 NCHW: the same first step (loss and the
-    direction of the gradient), then as well trained after 24 steps. Forced, not `auto`: on a CPU without native
-    bf16, auto trains in fp32 and this would compare fp32 with itself."""
-    from resnets import create_model
+@dataclass
+class Steps:
+    """What the training loop's own steps did (spy_steps)."""
 
-    torch.manual_seed(0)
-    model, x, y = create_model("resnet20"), torch.randn(64, 3, 32, 32), torch.randint(0, 10, (64,))
+    convs: set = field(default_factory=set)  # (training, dtype, channels_last) of the convolutions' outputs
+    weights: set = field(default_factory=set)  # (dtype, channels_last) of the convolutions' weights
+    losses: list[float] = field(default_factory=list)
+    first_grad: torch.Tensor | None = None  # every parameter's gradient in the first step, flattened
+    step_model: torch.nn.Module | None = None  # what the loop stepped (the model, or it compiled)
 
-    def first_step(bf16: bool, channels_last: bool) -> tuple[float, torch.Tensor]:
-        layout = torch.channels_last if channels_last else torch.contiguous_format
-        m = copy.deepcopy(model).to(memory_format=layout)
-        with torch.autocast("cpu", torch.bfloat16, enabled=bf16):
-            loss = F.cross_entropy(m(x.contiguous(memory_format=layout)).float(), y)
-        loss.backward()
-        return loss.item(), torch.cat([p.grad.flatten() for p in m.parameters()])
 
-    (fast_loss, fast_grad), (loss, grad) = first_step(True, True), first_step(False, False)
-    assert fast_loss == pytest.approx(loss, rel=0.02)
-    assert F.cosine_similarity(fast_grad, grad, dim=0) > 0.99
+def spy_steps(monkeypatch, watch: bool = True) -> Steps:
+    """Watch the next train()'s steps through loop.step itself: a fast path counts only where the loop takes it.
+    `watch`: hooks on the convolutions (not in a compiled step, whose graph they would break)."""
+    steps, step = Steps(), resnets.training.loop.step
+
+    def spied(s, state, images, labels, epoch):
+        if steps.step_model is None:
+            steps.step_model, steps.weights = s.step_model, conv_weights(s.model)
+            steps.convs = watch_convs(s.model) if watch else steps.convs
+        loss, logits, labels = step(s, state, images, labels, epoch)
+        steps.losses.append(loss.item())
+        if steps.first_grad is None:
+            steps.first_grad = torch.cat([p.grad.flatten() for p in s.model.parameters()])
+        return loss, logits, labels
+
+    monkeypatch.setattr(resnets.training.loop, "step", spied)
+    return steps
+
+
+@pytest.mark.skipif(not runtime.native_bf16_cpu(), reason="this CPU has no native bf16 (AVX512-BF16 or AMX)")
+def test_bf16_and_channels_last_train_like_fp32(tmp_path, monkeypatch):
+    """The fast path (bf16 autocast + channels_last) against plain fp32 NCHW, both through the loop's own steps:
+    the convolutions of the steps and of the evaluations run in bf16 on channels_last weights and activations, the
+    first step has the same loss (not bit-identical) and gradient direction, and after 24 steps both have learned.
+    Forced, not `auto`, which could pick fp32 and compare fp32 with itself."""
+    fast_steps = spy_steps(monkeypatch)
+    fast = train(tiny(**{"run.precision": "bf16"}), tmp_path / "fast")
+    plain_steps = spy_steps(monkeypatch)
+    plain = train(tiny(**{"run.precision": "fp32", "run.channels_last": False}), tmp_path / "plain")
+    assert fast_steps.convs == {(True, torch.bfloat16, True), (False, torch.bfloat16, True)}
+    assert fast_steps.weights == {(torch.float32, True)}  # autocast casts them in each step
+    # The plain run's activations are channels_last too: a batch of one channel is both layouts at once, and its
+    # loader's strides make the convolutions pick channels_last.
+    assert {dtype for _, dtype, _ in plain_steps.convs} == {torch.float32}
+    assert plain_steps.weights == {(torch.float32, False)}
+    assert fast_steps.losses[0] == pytest.approx(plain_steps.losses[0], rel=0.02)
+    assert fast_steps.losses[0] != plain_steps.losses[0]
+    # The first step's gradients point the same way (measured: cosine 0.990 on an AMD EPYC with AVX512-BF16).
+    assert F.cosine_similarity(fast_steps.first_grad, plain_steps.first_grad, dim=0) > 0.97
     # Rounding differs from the first step on and 24 steps at lr 0.1 are chaotic: the runs drift apart (by 6
     # points of held-out error on 360 images, in either direction, depending on the thread count), but both learn.
-    fast = train(tiny(**{"run.precision": "bf16"}), tmp_path / "fast")
-    plain = train(tiny(**{"run.precision": "fp32", "run.channels_last": False}), tmp_path / "plain")
     assert fast["val_top1_error"] < 0.3 and plain["val_top1_error"] < 0.3  # chance: 0.9
     assert abs(fast["train_loss"] - plain["train_loss"]) <= 0.2
 
 
-def test_fast_forward_paths_match_fp32_eager():
-    torch.manual_seed(0)
+@pytest.mark.skipif(not runtime.native_bf16_cpu(), reason="this CPU has no native bf16 (AVX512-BF16 or AMX)")
+def test_evaluation_in_bf16_runs_bf16_channels_last_convolutions_close_to_fp32():
+    """serving.evaluate.evaluate, what the loop's evaluations and `resnets eval` run, in bf16 and in fp32."""
     from resnets import create_model
 
-    model = create_model("resnet20").eval()
-    x = torch.randn(16, 3, 32, 32)
-    with torch.no_grad():
-        reference = model(x)
-        cl = model.to(memory_format=torch.channels_last)(x.contiguous(memory_format=torch.channels_last))
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            bf16 = model(x.contiguous(memory_format=torch.channels_last)).float()
-    torch.testing.assert_close(cl, reference, rtol=1e-4, atol=1e-4)  # same math, other memory order
-    # bf16 keeps 8 bits of mantissa: logits within 5% of their spread, and the same top-1 on most inputs.
-    assert (bf16 - reference).abs().max() <= 0.05 * reference.abs().max()
-    assert (bf16.argmax(1) == reference.argmax(1)).float().mean() >= 0.8  # measured 16 of 16
+    torch.manual_seed(0)
+    model = create_model("resnet20", num_classes=10)  # NCHW weights: the layout is evaluate's choice
+    grey = load_digits()[1]
+    # In three channels: one channel is both layouts at once.
+    digits = ArrayDataset(grey.images.repeat(1, 3, 1, 1), grey.labels, grey.classes)
+    mean, std = torch.full((3, 8, 8), 0.5), torch.full((3, 8, 8), 0.25)
+    convs, logits = watch_convs(model), []
+    model.fc.register_forward_hook(lambda fc, inputs, out: logits.append(out.float()))
+    results = {}
+    for bf16 in (True, False):
+        results[bf16] = evaluate(model, digits, mean, std, torch.device("cpu"), bf16)
+        assert convs == {(False, torch.bfloat16 if bf16 else torch.float32, True)}
+        convs.clear()
+    fast, reference = logits
+    # bf16 keeps 8 bits of mantissa: logits within 5% of their largest magnitude, the same top-1 on most images.
+    assert (fast - reference).abs().max() <= 0.05 * reference.abs().max() and not torch.equal(fast, reference)
+    assert (fast.argmax(1) == reference.argmax(1)).float().mean() >= 0.8
+    assert results[True]["loss"] == pytest.approx(results[False]["loss"], rel=0.02)
 
 
-def test_compiled_model_matches_eager(tmp_path):
+def test_compiled_model_matches_eager(tmp_path, monkeypatch):
+    """run.compile=true steps a compiled module, which compiles graphs; one step of it is close to eager's."""
     # One step: fused kernels sum in another order, and early training at lr 0.1 amplifies any rounding
     # difference step after step (measured: 8e-5 after 1 step, 0.2 after 8), as it would for two eager devices.
     one_step = {"run.precision": "fp32", "schedule.iterations": 1, "run.eval_every": 1}
-    compiled = train(tiny(**one_step, **{"run.compile": True}), tmp_path / "c")
+    steps = spy_steps(monkeypatch, watch=False)
+    compiled, graphs = compiled_graphs(lambda: train(tiny(**one_step, **{"run.compile": True}), tmp_path / "c"))
+    assert is_compiled(steps.step_model) and graphs >= 1
     eager = train(tiny(**one_step), tmp_path / "e")
-    a, b = load_checkpoint(tmp_path / "c"), load_checkpoint(tmp_path / "e")
-    for k in a["model"]:
-        torch.testing.assert_close(a["model"][k].float(), b["model"][k].float(), rtol=1e-3, atol=5e-4)
+    a, b = load_checkpoint(tmp_path / "c")["model"], load_checkpoint(tmp_path / "e")["model"]
+    for k in a:
+        torch.testing.assert_close(a[k].float(), b[k].float(), rtol=1e-3, atol=5e-4)
+    assert not all(torch.equal(a[k], b[k]) for k in a)  # another order of sums: close, not the same
     assert compiled["train_loss"] == pytest.approx(eager["train_loss"], abs=1e-5)
 
 

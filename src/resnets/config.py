@@ -132,12 +132,14 @@ CHOICES = {
 # interval holds for each item), checked whatever the value's source (recipe, override, a run's config.toml), so
 # that nothing torch refuses or misreads gets past load_config. Besides, every float must be finite and every
 # integer fit in 64 bits (_check_plain). Sides in pixels stop at 65536, far beyond any image a network here takes.
+# SGD hands lr and weight_decay to its float32 kernels as scalars (param.add_(grad, alpha=-lr)), which refuse one
+# beyond float32's largest, 3.4e38, with a traceback at the first step.
 RANGES = {
     "data.val_split": "[0, inf)", "data.pad": "[0, 65536]", "data.image_size": "[0, 65536]",
     "data.workers": "[0, 1024]", "data.crop": "[0, 65536]", "data.scale": "[1, 65536]", "data.resize": "[0, 65536]",
     "data.lighting": "[0, inf)", "data.cutout": "[0, 65536]", "model.freeze": "[0, 65536]", "run.procs": "[0, 1024]",
-    "optim.batch_size": "[1, inf)", "optim.lr": "(0, inf)", "optim.momentum": "[0, 1)",
-    "optim.weight_decay": "[0, inf)", "optim.label_smoothing": "[0, 1)", "optim.ema_decay": "[0, 1)",
+    "optim.batch_size": "[1, inf)", "optim.lr": "(0, 3.4e38]", "optim.momentum": "[0, 1)",
+    "optim.weight_decay": "[0, 3.4e38]", "optim.label_smoothing": "[0, 1)", "optim.ema_decay": "[0, 1)",
     "optim.backbone_lr_factor": "(0, 1]",
     "schedule.iterations": "[1, inf)", "schedule.milestones": "[0, inf)", "schedule.gamma": "(0, 1]",
     "schedule.warmup_iterations": "[0, inf)", "schedule.warmup_factor": "[0, 1]", "schedule.patience": "[1, inf)",

@@ -1,4 +1,4 @@
-"""The one way resnets writes a file: beside its final name, fsynced, then renamed into place.
+"""The one way resnets writes a file: beside its final name, fsynced, renamed into place, the folder fsynced.
 
 Checkpoints, config.toml, metrics.jsonl, plots, the decoded-folder cache, exports and experiment outputs all go
 through `replacing`, so a reader never sees half a file and a failed write leaves the previous file as it was. A
@@ -52,6 +52,7 @@ def replacing(path: str | Path) -> Iterator[Path]:
         _settle(tmp)
         os.replace(tmp, path)
         tmp = None
+        _sync_folder(path.parent)
     except Exception as e:
         refused = None if isinstance(e, UserError) else _refusal(e)
         if refused is None:
@@ -110,6 +111,15 @@ def _settle(tmp: Path) -> None:
     try:
         os.fsync(fd)
         os.fchmod(fd, 0o666 & ~_umask())
+    finally:
+        os.close(fd)
+
+
+def _sync_folder(folder: Path) -> None:
+    """The rename on the disk too: until the folder is fsynced, a power cut may bring back the old file (or none)."""
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
     finally:
         os.close(fd)
 
