@@ -7,7 +7,7 @@ weights and (except for the stem, whose input needs no gradient) the input -- in
 e.g. bf16/channels_last; a third part, /im2col, turns oneDNN off for PyTorch's own im2col and matrix-product
 convolutions), on random data. Prints per shape the multiply-accumulates, ms and GMAC/s, and per setting the
 convolutions' ms per step and the images/s a step could reach if everything else (batch norm, ReLU, the additions,
-the loss, SGD, the data) took no time. benchmarks/step_profile.py times the whole step on the same terms: the ratio
+the loss, SGD, the data) took no time. studies/step_profile.py times the whole step on the same terms: the ratio
 of the two is the share of the step that is convolution. For scale, each setting also times one large square matrix
 product in its precision: about the most multiply-accumulates per second this CPU gives PyTorch with these threads.
 

@@ -5,7 +5,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from .benchmark_scripts import load_benchmark
+from .scripts import load_benchmark
 from .fastpaths import layout
 
 conv_speed = load_benchmark("conv_speed")

@@ -20,7 +20,7 @@ from resnets.serving.export import export
 from resnets.training import finetune
 from resnets.training.loop import train
 
-from .benchmark_scripts import load_benchmark
+from .scripts import load_study
 from .conftest import torch_threads
 from .fakedata import make_image_folder
 
@@ -252,7 +252,7 @@ def test_embed_gives_the_pooled_features_of_forward_features(tmp_path, source, c
 def test_the_worked_example_runs_and_its_figure_is_in_docs(tmp_path, source):
     """docs/FINETUNE.md's worked example: its command at a fraction of its size (20 + 20 images per task, 2 steps
     per run) makes the table and the picture; docs/ holds the real ones, and the page shows the figure."""
-    example = load_benchmark("finetune_example")
+    example = load_study("finetune_example")
     cifar = make_image_folder(tmp_path / "cifar", classes=2, per_class=30, size=32)
     example.main(["--init", str(source), "--cifar", str(cifar), "--cifar-held-out", "40", "--train", "20",
                   "--held-out", "20", "--runs", str(tmp_path / "runs"), "--docs", str(tmp_path / "docs"),
@@ -265,7 +265,7 @@ def test_the_worked_example_runs_and_its_figure_is_in_docs(tmp_path, source):
     assert [len(list((upside / s / c).iterdir())) for s in ("train", "val") for c in ("upright", "upside_down")] == [
         10, 10, 10, 10]
     page = (ROOT / "docs" / "FINETUNE.md").read_text()
-    assert "python benchmarks/finetune_example.py" in page and "](results/finetune_example.png)" in page
+    assert "python studies/finetune_example.py" in page and "](results/finetune_example.png)" in page
     assert (ROOT / "docs" / "results" / "finetune_example.png").is_file()
 
 

@@ -1,4 +1,4 @@
-"""benchmarks/gap_curves.py, the gap study's picture (docs/RESULTS.md, Table 6)."""
+"""studies/gap_curves.py, the gap study's picture (docs/RESULTS.md, Table 6)."""
 
 import json
 
@@ -6,9 +6,9 @@ import pytest
 from matplotlib.figure import Figure
 from PIL import Image
 
-from .benchmark_scripts import load_benchmark
+from .scripts import load_study
 
-gap_curves = load_benchmark("gap_curves")
+gap_curves = load_study("gap_curves")
 
 
 def write_lines(path, rows):

@@ -1,4 +1,4 @@
-"""benchmarks/reencode_jpeg.py, the gap study's second JPEG encoding (docs/RESULTS.md, Table 6)."""
+"""studies/reencode_jpeg.py, the gap study's second JPEG encoding (docs/RESULTS.md, Table 6)."""
 
 import sys
 from pathlib import Path
@@ -6,10 +6,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from .benchmark_scripts import load_benchmark
+from .scripts import load_study
 
-reencode_jpeg = load_benchmark("reencode_jpeg")
-jpeg_first_loss = load_benchmark("jpeg_first_loss")
+reencode_jpeg = load_study("reencode_jpeg")
+jpeg_first_loss = load_study("jpeg_first_loss")
 
 
 def smooth_image(rng) -> np.ndarray:

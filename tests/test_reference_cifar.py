@@ -1,4 +1,4 @@
-"""benchmarks/reference_cifar.py, the gap study's recipe without the engine (docs/RESULTS.md, Table 6)."""
+"""studies/reference_cifar.py, the gap study's recipe without the engine (docs/RESULTS.md, Table 6)."""
 
 import json
 import sys
@@ -9,10 +9,10 @@ import torch
 from resnets.config import load_config
 from resnets.data import load_train_val
 
-from .benchmark_scripts import load_benchmark
+from .scripts import load_study
 from .fakedata import make_image_folder
 
-reference_cifar = load_benchmark("reference_cifar")
+reference_cifar = load_study("reference_cifar")
 
 
 def train(monkeypatch, data: Path, out: Path, iterations: int) -> dict:

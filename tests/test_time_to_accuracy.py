@@ -6,7 +6,7 @@ import pytest
 
 from resnets.training.loop import train
 
-from .benchmark_scripts import load_benchmark
+from .scripts import load_benchmark
 from .test_train import tiny
 
 tta = load_benchmark("time_to_accuracy")

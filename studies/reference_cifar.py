@@ -8,7 +8,7 @@ the same 5,000): Pillow decodes the files, the augmentation and the loop are wri
 first_steps.py's Reference (written from the paper's Section 4.2, akamaster's He fan-in initialisation and zero
 channels on both sides), fp32, channels_last, per-channel normalisation. If it ends near 9%, the gap is the engine's.
 
-    python benchmarks/reference_cifar.py --data /work/data/train --out /work/runs/gap/reference-resnet20
+    python studies/reference_cifar.py --data /work/data/train --out /work/runs/gap/reference-resnet20
 
 It checkpoints every --eval-every iterations (atomically) and continues from the newest checkpoint in --out when
 run again. Each batch's order and augmentation come from generators seeded by (--seed, epoch) and (--seed,

@@ -6,7 +6,7 @@ same kind, and compare. Encoding again on the same 8x8 grid changes almost nothi
 already quantised), so each image is shifted by `--shift` pixels (edges mirrored) before it is encoded and shifted
 back after: its blocks and its 2x2 chroma cells then fall across different pixels and are quantised afresh.
 
-    python benchmarks/reencode_jpeg.py /work/data/train /work/data/train-jpeg2 --shift 3 --quality 75
+    python studies/reencode_jpeg.py /work/data/train /work/data/train-jpeg2 --shift 3 --quality 75
 
 writes the same folder tree (same names, so data.val_split holds out the same images) and prints, per shift, the
 PSNR of the new images against the given ones.

@@ -13,7 +13,7 @@ two parts, on the engine's own batches (paper augmentation, per-pixel mean), in 
    fan_in for the convolutions, as akamaster/pytorch_resnet_cifar10 does) and akamaster's zero padding
    (the new channels on both sides): its losses over the same steps, so the spike can be seen not to be ours.
 
-    python benchmarks/first_steps.py --data /tmp/cifar10jpg/train --network resnet56 --steps 30
+    python studies/first_steps.py --data /tmp/cifar10jpg/train --network resnet56 --steps 30
 """
 
 import argparse

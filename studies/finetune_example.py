@@ -19,7 +19,7 @@ Each task is trained twice with the recipe finetune/resnet20 (30 epochs, cosine 
 Writes the folders and the four runs under --runs (finished runs are reused, interrupted ones resumed), and the
 comparison, a markdown table and one picture with every arm's curves, under --docs:
 
-    python benchmarks/finetune_example.py --cifar /work/data/train    # from resnet20:cifar10 (--init: another)
+    python studies/finetune_example.py --cifar /work/data/train    # from resnet20:cifar10 (--init: another)
 """
 
 import argparse
@@ -89,7 +89,7 @@ def arms(task: str, init: str, folder: Path, overrides: dict) -> list[Run]:
 def markdown(runs: list[Run], args, command: str) -> str:
     machine = f"{runtime.describe(torch.device('cpu'))}, {torch.get_num_threads()} thread(s)"
     intro = (f"Made by `{command}` on {machine}. Recipe {RECIPE}; each task {args.train} training and "
-             f"{args.held_out} held-out images (benchmarks/finetune_example.py says how they are made); the same seed for every run. "
+             f"{args.held_out} held-out images (studies/finetune_example.py says how they are made); the same seed for every run. "
              "Errors in %, held-out top-1; training error over the steps since the evaluation before.")
     lines = [f"# Fine-tuning example: from {args.init} vs from scratch", "", intro, "",
              "| task | arm | init | iterations | training error | held-out error (end) | held-out error (best) |",
@@ -127,7 +127,7 @@ def main(argv: list[str] | None = None) -> None:
     panels = {task: [(f"{r.name.split('-')[-1]} ({r.cfg.model.init or 'random init'})", r.metrics)
                      for r in runs if r.group == task] for task in TASKS}
     plot_comparison(panels, docs / "finetune_example.png", title="ResNet-20 from CIFAR-10 weights vs from scratch")
-    text = markdown(runs, args, " ".join(["python benchmarks/finetune_example.py", *(argv or sys.argv[1:])]))
+    text = markdown(runs, args, " ".join(["python studies/finetune_example.py", *(argv or sys.argv[1:])]))
     files.write_text(docs / "finetune_example.md", text)
     print(text, end="")
     print(f"wrote {docs / 'finetune_example'}.md and .png")

@@ -10,7 +10,7 @@ multiples of the second's (from the two means).
 
     pip install scikit-image   # its sample photos are lossless PNGs
     d=$(python -c "import os, skimage; print(os.path.dirname(skimage.__file__))")/data
-    python benchmarks/jpeg_first_loss.py $d/astronaut.png $d/chelsea.png $d/coffee.png \
+    python studies/jpeg_first_loss.py $d/astronaut.png $d/chelsea.png $d/coffee.png \
         $d/motorcycle_left.png $d/motorcycle_right.png   # the table of docs/RESULTS.md
 """
 

@@ -1,11 +1,11 @@
 """The gap study's curves (docs/RESULTS.md, Table 6): training and held-out error against iterations for the
 ResNet-20 runs of the study, drawn from their metrics.jsonl in the style of the paper's Figure 6.
 
-    python benchmarks/gap_curves.py docs/results/gap/curves.png \\
+    python studies/gap_curves.py docs/results/gap/curves.png \\
         "reference script, once encoded=docs/results/gap/reference-resnet20-seed0.metrics.jsonl" \\
         "engine, twice encoded=docs/results/gap/resnet20-jpeg2-fp32-channel-seed0.metrics.jsonl"
 
-Reads the engine's metrics (`resnets train`: errors as fractions) and benchmarks/reference_cifar.py's (percent).
+Reads the engine's metrics (`resnets train`: errors as fractions) and studies/reference_cifar.py's (percent).
 """
 
 import argparse

@@ -9,7 +9,7 @@ steps after --warmup untimed ones, once per round, the settings in turn, so load
 all of them alike. Prints a markdown table per setting: median ms per step and share of each phase, images/s,
 the share of the CPU that other processes took, and with --ops the ten ops that took most self CPU time.
 
-    python benchmarks/step_profile.py --data /work/data/train --settings fp32/nchw,bf16/channels_last --rounds 3
+    python studies/step_profile.py --data /work/data/train --settings fp32/nchw,bf16/channels_last --rounds 3
 """
 
 import argparse

@@ -7,7 +7,7 @@ interleaved rounds: "alone" (no exchange: what two single-threaded processes mak
 (the gradients averaged by one gloo all_reduce per step) and "ddp" (DistributedDataParallel, as the trainer
 averages them). Prints images/s of both processes together per round, and a table of medians.
 
-    OMP_NUM_THREADS=1 python benchmarks/two_workers.py --steps 100 --rounds 2
+    OMP_NUM_THREADS=1 python studies/two_workers.py --steps 100 --rounds 2
 """
 
 import argparse
