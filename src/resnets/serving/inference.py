@@ -44,7 +44,7 @@ COMPILE_OPTIONS = {"freezing": True, "size_asserts": False, "scalar_asserts": Fa
 # Layers int8 mode leaves in fp32: the classifier, whose rounding moves the logits directly and which costs
 # next to nothing. The stem convolution is quantized: kept in fp32, its output (the network's largest
 # activation) stays fp32 through the max-pool, which costs resnet50 about a fifth of its int8 speed for an
-# agreement gain the size of what the choice of calibration images moves (benchmarks/int8_float_layers.py;
+# agreement gain the size of what the choice of calibration images moves (studies/int8_float_layers.py;
 # its table is in docs/INFERENCE.md).
 KEEP_FLOAT = ("fc",)
 

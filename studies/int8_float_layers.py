@@ -9,14 +9,18 @@ the classifier; nothing):
   accuracy on the 5,000 held-out images, for int8 calibrated on each of several samples of 1,024 training
   images (--seeds), since the calibration sample alone moves agreement by a few tenths of a percent.
 
-    python benchmarks/int8_float_layers.py --resnet20-checkpoint runs/resnet20 [--data cifar10/train]
+    python studies/int8_float_layers.py --resnet20-checkpoint runs/resnet20 [--data cifar10/train]
 """
 
 import argparse
+import sys
+from pathlib import Path
 from statistics import harmonic_mean
 
-import infer_speed as bench
 import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))  # the instrument whose timing it reuses
+import infer_speed as bench
 
 from resnets.data import normalize
 from resnets.serving.inference import prepare
