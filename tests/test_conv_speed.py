@@ -5,8 +5,8 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from .scripts import load_benchmark
 from .fastpaths import layout
+from .scripts import load_benchmark
 
 conv_speed = load_benchmark("conv_speed")
 

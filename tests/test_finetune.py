@@ -20,9 +20,9 @@ from resnets.serving.export import export
 from resnets.training import finetune
 from resnets.training.loop import train
 
-from .scripts import load_study
 from .conftest import torch_threads
 from .fakedata import make_image_folder
+from .scripts import load_study
 
 ROOT = Path(__file__).parent.parent
 

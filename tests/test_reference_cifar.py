@@ -9,8 +9,8 @@ import torch
 from resnets.config import load_config
 from resnets.data import load_train_val
 
-from .scripts import load_study
 from .fakedata import make_image_folder
+from .scripts import load_study
 
 reference_cifar = load_study("reference_cifar")
 
